@@ -1,1 +1,1 @@
-pub fn _x() {}
+//! all-MiniLM-L6-v2 sentence embeddings in-process.

@@ -1,0 +1,1 @@
+//! Embedded PostgreSQL cluster manager (initdb / start / stop / status).
