@@ -1,1 +1,48 @@
-//! all-MiniLM-L6-v2 sentence embeddings in-process.
+//! all-MiniLM-L6-v2 sentence embeddings in-process, matching sentence-transformers.
+//!
+//! # Layout
+//!
+//! - [`dist`]: where `make setup` puts fetched files (`$PGAI_HOME`), same rule as `scripts/env.sh`.
+//! - `files`: [`ModelFiles`], finding `model.onnx`, `tokenizer.json` and the ONNX Runtime library
+//!   (explicit directory, `$PGAI_HOME/model`, or the Hugging Face cache).
+//! - `tokenize`: loads `tokenizer.json` and overrides its truncation (256) and padding (longest
+//!   of the batch) to what sentence-transformers does.
+//! - `onnx`: [`OnnxEmbedder`], one ONNX Runtime session; the runtime library is loaded once per
+//!   process.
+//! - `pool`: mean pooling and L2 normalisation, for graphs that output `last_hidden_state`
+//!   (the Hugging Face repo's `onnx/model.onnx`) instead of `sentence_embedding`.
+//! - `error`: [`EmbedError`], one line per failure, classified by [`EmbedError::is_permanent`].
+//!
+//! The graph built by `scripts/build_onnx.py` does pooling and normalisation itself; its output
+//! is `sentence_embedding` `[batch, 384]`.
+
+pub mod dist;
+mod error;
+mod files;
+mod onnx;
+mod pool;
+mod tokenize;
+
+pub use error::EmbedError;
+pub use files::ModelFiles;
+pub use onnx::OnnxEmbedder;
+
+/// Output dimension of all-MiniLM-L6-v2.
+pub const DIM: usize = 384;
+/// Longest input in word pieces, including `[CLS]` and `[SEP]` (sentence-transformers'
+/// `max_seq_length`); longer texts are truncated.
+pub const MAX_TOKENS: usize = 256;
+/// The model every vector comes from.
+pub const MODEL_NAME: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// A sentence embedding model. Synchronous: the daemon calls it on an OS thread of its own.
+pub trait Embedder: Send {
+    fn model_name(&self) -> &str;
+    fn dim(&self) -> usize;
+    /// One vector per text, L2-normalised, same order. Empty/whitespace texts are valid (they
+    /// embed `[CLS][SEP]`). The whole slice runs as one batch, padded to its longest text: the
+    /// caller decides batch sizes (see [`Embedder::count_tokens`]).
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Word pieces after truncation incl. `[CLS]`/`[SEP]` (for token-budget batching).
+    fn count_tokens(&self, text: &str) -> Result<usize, EmbedError>;
+}
