@@ -1,8 +1,46 @@
 //! pgai-trigger: PostgreSQL rows get their vector embeddings within milliseconds of commit.
 //!
+//! A row trigger sends `pg_notify('embedding_needed', id)`; the daemon listens, claims pending
+//! rows with a lease, embeds their text with all-MiniLM-L6-v2 on its own thread, and writes the
+//! vector back only if the row did not change meanwhile. The table itself is the queue: a
+//! notification is a hint, never the source of truth.
+//!
 //! # Layout
 //!
-//! (filled in as the modules land)
+//! The modules follow a row through the system:
+//!
+//! 1. [`schema`]    — the table, its indexes, the requeue and notify triggers; `db init/status`.
+//! 2. [`listener`]  — a dedicated LISTEN connection that turns notifications into wake-ups.
+//! 3. [`claim`]     — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token.
+//! 4. [`embedder`]  — the model on its own OS thread behind a bounded channel
+//!    (the model itself lives in the `pgai-embed` crate).
+//! 5. [`writeback`] — the guarded write of vectors (id + claim token + content version), and
+//!    the recording of failed attempts with backoff.
+//! 6. [`monitor`]   — counters, latency percentiles, rate-limited error logs.
+//!
+//! Around them: [`pipeline`] runs claim → embed → write-back as one worker, [`daemon`] starts
+//! and stops listener and worker together, [`http`] serves health and stats, [`config`] holds
+//! the validated settings, [`db`] opens connections, [`backoff`] paces reconnects,
+//! [`cluster`] manages the embedded PostgreSQL of `up` and the tests, and [`testkit`] gives
+//! each test a database on one shared cluster.
 
+pub mod backoff;
+pub mod claim;
 pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod embedder;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod monitor;
+pub mod pipeline;
+pub mod schema;
 pub mod testkit;
+pub mod writeback;
+
+pub use config::Config;
+pub use daemon::Daemon;
+pub use embedder::EmbedService;
+pub use error::{Error, Result};

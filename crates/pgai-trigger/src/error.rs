@@ -1,0 +1,70 @@
+//! One error type for the library, with predicates instead of string matching.
+
+use pgai_embed::EmbedError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database call failed; the message is PostgreSQL's own, on one line.
+    #[error("database: {}", db_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// The database is reachable but not set up as the daemon needs (missing pgvector, table,
+    /// column, or a vector dimension that differs from the model's).
+    #[error("{0}")]
+    Schema(String),
+    /// A connection ended or stopped answering.
+    #[error("connection: {0}")]
+    Connection(String),
+    #[error("embedder: {0}")]
+    Embed(#[from] EmbedError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("embedded cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
+impl Error {
+    /// True when retrying the same call later can succeed (connection lost, server restarting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            Error::Connection(_) => true,
+            Error::Embed(e) => !e.is_permanent(),
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL's message (with detail and hint where given) on one line; never the connection
+/// string, which may carry a password.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(": ");
+                s.push_str(d);
+            }
+            if let Some(h) = db.hint() {
+                s.push_str("; hint: ");
+                s.push_str(h);
+            }
+            s.replace('\n', " ")
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                let t = inner.to_string();
+                if !s.contains(&t) {
+                    s.push_str(": ");
+                    s.push_str(&t);
+                }
+                src = inner.source();
+            }
+            s.replace('\n', " ")
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
