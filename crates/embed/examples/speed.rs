@@ -29,18 +29,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("load: {:?} ({threads} intra-op threads)", start.elapsed());
 
     let short = "PostgreSQL sends a notification when a new row is inserted.";
-    let long_text = "Sentence number 7 talks about memory, retrieval and the cost of embeddings. ".repeat(12);
-    println!("short = {} tokens, long = {} tokens", model.count_tokens(short)?, model.count_tokens(&long_text)?);
+    let long_text =
+        "Sentence number 7 talks about memory, retrieval and the cost of embeddings. ".repeat(12);
+    println!(
+        "short = {} tokens, long = {} tokens",
+        model.count_tokens(short)?,
+        model.count_tokens(&long_text)?
+    );
 
     let one = median(|| drop(model.embed(&[short]).unwrap()), 50);
     println!("one short sentence: {:.2} ms", one.as_secs_f64() * 1e3);
 
     let shorts = vec![short; 32];
     let batch = median(|| drop(model.embed(&shorts).unwrap()), 15);
-    println!("batch of 32 short: {:.1} ms = {:.0} texts/s", batch.as_secs_f64() * 1e3, 32.0 / batch.as_secs_f64());
+    println!(
+        "batch of 32 short: {:.1} ms = {:.0} texts/s",
+        batch.as_secs_f64() * 1e3,
+        32.0 / batch.as_secs_f64()
+    );
 
     let longs = vec![long_text.as_str(); 32];
     let batch = median(|| drop(model.embed(&longs).unwrap()), 3);
-    println!("batch of 32 long: {:.0} ms = {:.1} texts/s", batch.as_secs_f64() * 1e3, 32.0 / batch.as_secs_f64());
+    println!(
+        "batch of 32 long: {:.0} ms = {:.1} texts/s",
+        batch.as_secs_f64() * 1e3,
+        32.0 / batch.as_secs_f64()
+    );
     Ok(())
 }

@@ -34,5 +34,8 @@ impl EmbedError {
 
 /// Flattens a foreign error message onto one line.
 pub(crate) fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

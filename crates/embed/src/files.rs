@@ -24,7 +24,11 @@ impl ModelFiles {
         if !ort_dylib.is_file() {
             return Err(missing("ONNX Runtime library", ort_dylib));
         }
-        Ok(Self { onnx, tokenizer, ort_dylib: ort_dylib.to_path_buf() })
+        Ok(Self {
+            onnx,
+            tokenizer,
+            ort_dylib: ort_dylib.to_path_buf(),
+        })
     }
 
     /// The model from `$PGAI_MODEL_DIR` if set (nowhere else then), else `dist::home()/model`,
@@ -52,7 +56,10 @@ impl ModelFiles {
 }
 
 fn missing(what: &str, path: &Path) -> EmbedError {
-    EmbedError::MissingFiles { what: what.into(), path: path.to_path_buf() }
+    EmbedError::MissingFiles {
+        what: what.into(),
+        path: path.to_path_buf(),
+    }
 }
 
 /// (model.onnx, tokenizer.json) inside `dir`.
@@ -77,10 +84,14 @@ fn hf_hub_dir() -> PathBuf {
     if let Some(dir) = non_empty_var("HF_HUB_CACHE") {
         return dir.into();
     }
-    let hf_home = non_empty_var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = non_empty_var("XDG_CACHE_HOME").map(PathBuf::from);
-        cache.unwrap_or_else(|| user_home().join(".cache")).join("huggingface")
-    });
+    let hf_home = non_empty_var("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = non_empty_var("XDG_CACHE_HOME").map(PathBuf::from);
+            cache
+                .unwrap_or_else(|| user_home().join(".cache"))
+                .join("huggingface")
+        });
     hf_home.join("hub")
 }
 
@@ -147,11 +158,20 @@ mod tests {
         assert!(err.to_string().contains("model.onnx"), "{err}");
 
         touch(&dir.join("onnx/model.onnx"));
-        assert_eq!(ModelFiles::from_dir(&dir, &ort).unwrap().onnx, dir.join("onnx/model.onnx"));
+        assert_eq!(
+            ModelFiles::from_dir(&dir, &ort).unwrap().onnx,
+            dir.join("onnx/model.onnx")
+        );
         touch(&dir.join("model.onnx"));
-        assert_eq!(ModelFiles::from_dir(&dir, &ort).unwrap().onnx, dir.join("model.onnx"));
+        assert_eq!(
+            ModelFiles::from_dir(&dir, &ort).unwrap().onnx,
+            dir.join("model.onnx")
+        );
 
         let err = ModelFiles::from_dir(&dir, &dir.join("nope.so")).unwrap_err();
-        assert!(err.to_string().contains("nope.so") && err.to_string().contains("make setup"), "{err}");
+        assert!(
+            err.to_string().contains("nope.so") && err.to_string().contains("make setup"),
+            "{err}"
+        );
     }
 }

