@@ -1,0 +1,350 @@
+//! End to end, on the real embedded PostgreSQL with pgvector and the real model: a row goes in,
+//! its vector comes out. One cluster per test process, one database per test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgai_trigger::claim::Claimer;
+use pgai_trigger::schema::{self, Table};
+use pgai_trigger::testkit::{fresh_database, wait_for};
+use pgai_trigger::writeback::Writer;
+use pgai_trigger::{Config, Daemon, EmbedService};
+use pgvector::Vector;
+use tokio::sync::OnceCell;
+use tokio_postgres::Client;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One model thread for the whole test process.
+async fn model() -> EmbedService {
+    static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
+    MODEL
+        .get_or_init(|| async {
+            EmbedService::start_default(2).await.unwrap_or_else(|e| panic!("loading the model: {e}"))
+        })
+        .await
+        .clone()
+}
+
+async fn connect(url: &str) -> Client {
+    pgai_trigger::db::connect(url, "e2e test").await.expect("connect").0
+}
+
+/// A fresh database with the schema applied.
+async fn schema_db(prefix: &str) -> (String, Client) {
+    let url = fresh_database(prefix).await;
+    let client = connect(&url).await;
+    schema::init(&client, &Table::default(), pgai_embed::DIM).await.expect("db init");
+    (url, client)
+}
+
+async fn start_daemon(url: &str) -> Daemon {
+    Daemon::start(Config::new(url), model().await).await.expect("daemon start")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Waits until row `id` is embedded and returns (content, vector, retry_status).
+async fn wait_embedded(db: &Client, id: &str) -> (String, Vec<f32>, String) {
+    wait_for(&format!("row {id} to be embedded"), DEADLINE, || async {
+        let row = db
+            .query_opt(
+                "SELECT content, embedding, retry_status FROM m0_episodic
+                  WHERE id = $1 AND needs_embedding = FALSE AND embedding IS NOT NULL",
+                &[&id],
+            )
+            .await
+            .expect("select");
+        row.map(|r| (r.get(0), r.get::<_, Vector>(1).to_vec(), r.get(2)))
+    })
+    .await
+}
+
+/// The row's vector is the model's vector of the row's current content.
+async fn assert_vector_matches_content(db: &Client, id: &str) {
+    let (content, vector, status) = wait_embedded(db, id).await;
+    assert_eq!(status, "completed");
+    let expected = model().await.embed(vec![content.clone()]).await.expect("embed");
+    let c = cosine(&vector, &expected[0]);
+    assert!(c >= 0.9999, "row {id}: cosine {c} between stored vector and model({content:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_is_embedded_with_the_models_vector() {
+    let (url, db) = schema_db("insert").await;
+    let daemon = start_daemon(&url).await;
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('m1', 'I had coffee with Maria')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_vector_matches_content(&db, "m1").await;
+    let r = db
+        .query_one(
+            "SELECT embedded_at IS NOT NULL, claimed_by IS NULL, embedding_model, retry_count FROM m0_episodic WHERE id = 'm1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert!(r.get::<_, bool>(1), "claim cleared after write-back");
+    assert_eq!(r.get::<_, String>(2), pgai_embed::MODEL_NAME);
+    assert_eq!(r.get::<_, i32>(3), 0);
+    assert!(daemon.monitor.snapshot().processed >= 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_update_gets_the_new_contents_vector() {
+    let (url, db) = schema_db("update").await;
+    let daemon = start_daemon(&url).await;
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('u1', 'the cat sat on the mat')", &[])
+        .await
+        .unwrap();
+    let (_, old_vec, _) = wait_embedded(&db, "u1").await;
+    db.execute("UPDATE m0_episodic SET content = 'quarterly revenue grew by ten percent' WHERE id = 'u1'", &[])
+        .await
+        .unwrap();
+    let (content, new_vec, _) = wait_embedded(&db, "u1").await;
+    assert_eq!(content, "quarterly revenue grew by ten percent");
+    assert!(cosine(&old_vec, &new_vec) < 0.9, "vector changed with the content");
+    assert_vector_matches_content(&db, "u1").await;
+    let version: i64 = db
+        .query_one("SELECT content_version FROM m0_episodic WHERE id = 'u1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_while_no_daemon_runs_are_embedded_at_start() {
+    let (url, db) = schema_db("backlog").await;
+    let texts: Vec<String> = (0..50).map(|i| format!("note number {i} about the garden")).collect();
+    for (i, t) in texts.iter().enumerate() {
+        db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)", &[&format!("b{i}"), t])
+            .await
+            .unwrap();
+    }
+    // Nobody listened to those notifications: the daemon must find the rows in the table.
+    let daemon = start_daemon(&url).await;
+    wait_for("the backlog to drain", DEADLINE, || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    for i in [0, 17, 49] {
+        assert_vector_matches_content(&db, &format!("b{i}")).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_mode_reaches_the_same_end_state() {
+    let (url, db) = schema_db("polling").await;
+    let mut cfg = Config::new(&url);
+    cfg.immediate_trigger = false;
+    cfg.poll_interval = Duration::from_millis(200);
+    let daemon = Daemon::start(cfg, model().await).await.unwrap();
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('p1', 'polling works too')", &[])
+        .await
+        .unwrap();
+    assert_vector_matches_content(&db, "p1").await;
+    assert_eq!(daemon.monitor.snapshot().notifications, 0, "no LISTEN in polling mode");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_init_twice_is_harmless_and_keeps_rows() {
+    let (_url, db) = schema_db("init_twice").await;
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('k', 'keep me')", &[]).await.unwrap();
+    schema::init(&db, &Table::default(), pgai_embed::DIM).await.expect("second init");
+    let st = schema::status(&db, &Table::default()).await.unwrap();
+    assert!(st.table_exists);
+    assert_eq!(st.rows, 1);
+    assert_eq!(st.embedding_dim, Some(384));
+    assert!(st.triggers.contains(&"m0_episodic_embedding_trigger".to_string()), "{:?}", st.triggers);
+    schema::recreate(&db, &Table::default(), pgai_embed::DIM).await.unwrap();
+    assert_eq!(schema::status(&db, &Table::default()).await.unwrap().rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
+    // No pgvector extension created.
+    let url = fresh_database("no_vector").await;
+    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
+    assert!(err.contains("pgvector") && !err.contains('\n'), "{err}");
+
+    // pgvector, but no table.
+    let db = connect(&url).await;
+    db.batch_execute("CREATE EXTENSION vector").await.unwrap();
+    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
+    assert!(err.contains("table m0_episodic does not exist") && err.contains("db init"), "{err}");
+
+    // A table whose vector column has another dimension.
+    db.batch_execute(&schema::ddl(&Table::default(), 768)).await.unwrap();
+    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
+    assert!(err.contains("vector(768)") && err.contains("384"), "{err}");
+}
+
+/// The write-back guard, driven step by step (no daemon): a claim whose row changed, or whose
+/// lease expired and was re-claimed, writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_claims_never_write() {
+    let (_url, db) = schema_db("guard").await;
+    let table = Table::default();
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('g1', 'old content')", &[]).await.unwrap();
+    let mut claimer = Claimer::prepare(&db, &table, "test-a").await.unwrap();
+    let writer = Writer::prepare(&db, &table, "model").await.unwrap();
+
+    // Content changes between claim and write-back.
+    let claim = claimer.claim(&db, 10, 30.0).await.unwrap();
+    assert_eq!(claim.rows.len(), 1);
+    db.execute("UPDATE m0_episodic SET content = 'new content' WHERE id = 'g1'", &[]).await.unwrap();
+    let written = writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap();
+    assert!(written.is_empty(), "old content's vector must not be written");
+    let r = db
+        .query_one("SELECT needs_embedding, embedding IS NULL, claimed_by IS NULL FROM m0_episodic WHERE id = 'g1'", &[])
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)), (true, true, true));
+
+    // Lease expires and another worker re-claims: the first holder cannot complete.
+    let first = claimer.claim(&db, 10, 0.001).await.unwrap();
+    assert_eq!(first.rows[0].content, "new content");
+    tokio::time::sleep(Duration::from_millis(5)).await; // let the 1 ms lease lapse
+    let mut other = Claimer::prepare(&db, &table, "test-b").await.unwrap();
+    let second = other.claim(&db, 10, 30.0).await.unwrap();
+    assert_eq!(second.rows.len(), 1, "expired claim taken over");
+    assert!(writer.complete(&db, &first, vec![vec![0.5; 384]]).await.unwrap().is_empty());
+    assert_eq!(writer.complete(&db, &second, vec![vec![0.5; 384]]).await.unwrap().len(), 1);
+
+    // A row deleted while claimed: write-back matches nothing, no error.
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('g2', 'short lived')", &[]).await.unwrap();
+    let claim = claimer.claim(&db, 10, 30.0).await.unwrap();
+    db.execute("DELETE FROM m0_episodic WHERE id = 'g2'", &[]).await.unwrap();
+    assert!(writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_content_is_embedded_and_bad_payloads_are_ignored() {
+    let (url, db) = schema_db("odd").await;
+    let daemon = start_daemon(&url).await;
+    let long = "word ".repeat(2000);
+    let cases = [("empty", ""), ("blank", "   \n\t "), ("emoji", "🚀🔥 naïve café 日本語"), ("long", long.as_str())];
+    for (id, content) in cases {
+        db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)", &[&id, &content]).await.unwrap();
+    }
+    // Garbage on the channel is only a wake-up; it must not disturb anything.
+    db.batch_execute(&format!(
+        "NOTIFY embedding_needed, 'no-such-id'; NOTIFY embedding_needed, ''; NOTIFY embedding_needed, '{}'",
+        "x".repeat(7990)
+    ))
+    .await
+    .unwrap();
+    // An id too long for a NOTIFY payload still inserts (the trigger sends an empty hint).
+    let long_id = "i".repeat(9000);
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, 'long id')", &[&long_id]).await.unwrap();
+    for (id, _) in cases {
+        assert_vector_matches_content(&db, id).await;
+    }
+    assert_vector_matches_content(&db, &long_id).await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_leaves_no_claims_behind() {
+    let (url, db) = schema_db("stop").await;
+    let daemon = start_daemon(&url).await;
+    db.batch_execute(
+        "INSERT INTO m0_episodic (id, content) SELECT 's' || g, 'sentence ' || g FROM generate_series(1, 200) g",
+    )
+    .await
+    .unwrap();
+    wait_for("some rows embedded", DEADLINE, || async {
+        (daemon.monitor.snapshot().processed > 0).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+    let held: i64 = db
+        .query_one("SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "a stopped daemon finishes its claims");
+    // A new daemon finishes the rest.
+    let daemon = start_daemon(&url).await;
+    wait_for("all rows embedded", DEADLINE * 2, || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[]).await.unwrap().get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}
+
+/// Not a check (timings here are noisy): measures commit → vector for single inserts and prints
+/// the distribution. `cargo test --release -p pgai-trigger --test e2e latency_report -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_report() {
+    let (url, db) = schema_db("latency").await;
+    let daemon = start_daemon(&url).await;
+    let (listen, mut conn) = pgai_trigger::db::pg_config(&url, "latency listener")
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await.into() {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.payload().to_string(), Instant::now()));
+            }
+        }
+    });
+    listen.batch_execute("LISTEN embedding_ready").await.unwrap();
+    let insert = db.prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)").await.unwrap();
+    let n = 200;
+    let mut client_ms = Vec::new();
+    for i in 0..n {
+        let id = format!("l{i}");
+        let text = format!("short memory number {i}: met a friend for lunch");
+        db.execute(&insert, &[&id, &text]).await.unwrap();
+        let committed = Instant::now();
+        loop {
+            let (payload, at) = rx.recv().await.unwrap();
+            if payload == id {
+                if i >= 10 {
+                    client_ms.push(at.duration_since(committed).as_secs_f64() * 1000.0);
+                }
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db_ms: Vec<f64> = db
+        .query("SELECT extract(epoch FROM embedded_at - queued_at)::float8 * 1000 FROM m0_episodic WHERE id <> 'l0'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let c = pgai_trigger::monitor::percentiles(client_ms);
+    let d = pgai_trigger::monitor::percentiles(db_ms);
+    println!("single inserts, 20/s, short texts, after 10 warm-up rows");
+    println!("insert-commit -> embedding_ready received (client clock): {c:?}");
+    println!("queued_at -> embedded_at (database clock):               {d:?}");
+    daemon.stop().await;
+    let _ = Arc::new(());
+}
