@@ -3,6 +3,7 @@
 
 use pgai_embed::{EmbedError, Embedder, ModelFiles, OnnxEmbedder, DIM, MAX_TOKENS};
 use serde::Deserialize;
+use std::path::Path;
 
 const MIN_COSINE: f64 = 0.9999;
 
@@ -76,7 +77,10 @@ fn matches_sentence_transformers_alone_batched_and_shuffled() {
 
     // A fixed permutation (7 is coprime with the row count) plus repeats: long and short texts
     // mixed, so padding and masking are exercised in both directions.
-    assert!(!rows.len().is_multiple_of(7), "7 must be coprime with the row count");
+    assert!(
+        !rows.len().is_multiple_of(7),
+        "7 must be coprime with the row count"
+    );
     let mut shuffled: Vec<usize> = (0..rows.len()).map(|i| i * 7 % rows.len()).collect();
     shuffled.extend([5, 26, 0, 27]);
     let mixed: Vec<&str> = shuffled.iter().map(|&i| texts[i]).collect();
@@ -124,9 +128,8 @@ fn odd_texts_embed_to_unit_vectors() {
 
 #[test]
 fn missing_model_dir_is_one_permanent_line_naming_setup_and_path() {
-    let files = ModelFiles::locate().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::path::Path::new("/nonexistent/pgai-embed-model");
-    let err = ModelFiles::from_dir(dir, &files.ort_dylib).unwrap_err();
+    let dir = Path::new("/nonexistent/pgai-embed-model");
+    let err = ModelFiles::from_dir(dir, Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
     assert!(matches!(err, EmbedError::MissingFiles { .. }));
