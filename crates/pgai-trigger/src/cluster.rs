@@ -119,7 +119,7 @@ pub enum ClusterError {
     #[error("port {port} on 127.0.0.1 is in use by another program: choose another port")]
     PortInUse { port: u16 },
 
-    #[error("{what} failed for {}: {}", .data_dir.display(), .tail)]
+    #[error("{what} failed for {}:\n{}", .data_dir.display(), .tail)]
     Failed { what: String, data_dir: PathBuf, tail: String },
 
     #[error("timed out after {}s waiting for {what} in {}", .waited.as_secs(), .data_dir.display())]
@@ -175,10 +175,13 @@ impl RunAs {
     /// Whether this user may pass through (search) the directory. Supplementary groups do not
     /// count: `Command::uid` drops them when root switches users.
     fn can_search(&self, meta: &fs::Metadata) -> bool {
-        let mode = meta.mode();
-        if meta.uid() == self.uid {
+        self.can_search_mode(meta.mode(), meta.uid(), meta.gid())
+    }
+
+    fn can_search_mode(&self, mode: u32, owner: u32, group: u32) -> bool {
+        if owner == self.uid {
             mode & 0o100 != 0
-        } else if meta.gid() == self.gid {
+        } else if group == self.gid {
             mode & 0o010 != 0
         } else {
             mode & 0o001 != 0
@@ -437,6 +440,15 @@ impl Cluster {
         if let Some(parent) = data.parent() {
             fs::create_dir_all(parent).map_err(io_error(format!("creating {}", parent.display())))?;
         }
+        // Checked before creating anything in a place the server could not use anyway.
+        if let (Some(who), Some(parent)) = (&self.run_as, data.parent()) {
+            who.check_reachable(parent).map_err(|e| match e {
+                ClusterError::NotReachable { blocker, user, .. } => {
+                    ClusterError::NotReachable { path: data.clone(), blocker, user }
+                }
+                other => other,
+            })?;
+        }
         match fs::create_dir(data) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -531,10 +543,11 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let mut detail = tail(&combined(&out), 4);
-            if !log_tail.is_empty() {
-                detail = format!("{detail}\n{} says:\n{log_tail}", log.display());
-            }
+            let detail = if log_tail.is_empty() {
+                tail(&combined(&out), 6)
+            } else {
+                format!("  ({})\n{log_tail}", log.display())
+            };
             return Err(self.failed("pg_ctl start", detail));
         }
     }
@@ -702,12 +715,13 @@ mod tests {
 
     #[test]
     fn search_permission_follows_owner_group_other() {
-        let who = RunAs { name: "pg".into(), uid: 4242, gid: 4243 };
-        let dir = std::env::temp_dir();
-        let meta = fs::metadata(&dir).expect("temp dir");
-        // /tmp is 1777 on every Unix we run on: everyone passes.
-        if meta.mode() & 0o001 != 0 {
-            assert!(who.can_search(&meta));
-        }
+        let who = RunAs { name: "pg".into(), uid: 100, gid: 200 };
+        assert!(!who.can_search_mode(0o700, 0, 0), "/root 0700 stops others");
+        assert!(who.can_search_mode(0o755, 0, 0));
+        assert!(who.can_search_mode(0o700, 100, 0), "owner");
+        assert!(!who.can_search_mode(0o070, 100, 200), "owner bits win over group bits");
+        assert!(who.can_search_mode(0o710, 0, 200), "group");
+        assert!(!who.can_search_mode(0o701, 0, 200), "group bits win over other bits");
+        assert!(who.can_search_mode(0o1777, 0, 0), "/tmp");
     }
 }

@@ -269,4 +269,5 @@ fn a_data_dir_out_of_reach_of_the_postgres_user_is_reported() {
     assert!(message.contains(&closed.display().to_string()), "{message}");
     assert!(message.contains("PGAI_HOME"), "{message}");
     assert!(!message.contains('\n'), "one line: {message}");
+    assert!(!closed.join("data").exists(), "nothing is created where the server could not go");
 }
