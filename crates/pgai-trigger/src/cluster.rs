@@ -54,30 +54,11 @@ impl ClusterConfig {
         }
     }
 
-    /// `$PGAI_HOME/postgres`, where `make setup` unpacks PostgreSQL.
+    /// `$PGAI_HOME/postgres` ([`pgai_embed::dist::home`]), where `make setup` unpacks
+    /// PostgreSQL.
     pub fn default_pg_dir() -> PathBuf {
-        pgai_home().join("postgres")
+        pgai_embed::dist::home().join("postgres")
     }
-}
-
-/// `$PGAI_HOME`, else `/var/lib/pgai-trigger` for root (outside `/root`, so the unprivileged
-/// PostgreSQL user can reach it), else `${XDG_DATA_HOME:-~/.local/share}/pgai-trigger`; the same
-/// rule as scripts/env.sh.
-// TODO: replace with pgai_embed::dist::home() once that crate exposes it.
-fn pgai_home() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(home) = non_empty("PGAI_HOME") {
-        return home.into();
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/pgai-trigger");
-    }
-    let data = non_empty("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let home = non_empty("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        home.join(".local/share")
-    });
-    data.join("pgai-trigger")
 }
 
 /// Everything that can go wrong with the embedded cluster. Each message is one line that names
