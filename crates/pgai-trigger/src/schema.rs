@@ -78,8 +78,24 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The idempotent DDL for `table` with vectors of `dim` dimensions.
+/// How the table's writes wake the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyMode {
+    /// One notification per row, carrying its id (the default; lowest latency for single writes).
+    #[default]
+    PerRow,
+    /// One notification per statement with an empty payload: for tables loaded in large batches,
+    /// where a NOTIFY per row would make every commit queue on the server's notification lock.
+    PerStatement,
+}
+
+/// The idempotent DDL for `table` with vectors of `dim` dimensions, row-level notifications.
 pub fn ddl(table: &Table, dim: usize) -> String {
+    ddl_with(table, dim, NotifyMode::PerRow)
+}
+
+/// The idempotent DDL for `table` with vectors of `dim` dimensions.
+pub fn ddl_with(table: &Table, dim: usize, notify: NotifyMode) -> String {
     let t = table.sql();
     let requeue = table.derived("requeue");
     let requeue_trigger = table.derived("requeue_trigger");
@@ -156,22 +172,43 @@ BEGIN
     RETURN NEW;
 END
 $$;
+CREATE OR REPLACE FUNCTION notify_embedding_needed_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL_NEEDED}', '');
+    RETURN NULL;
+END
+$$;
 -- `UPDATE OF content` too: the BEFORE trigger's change of needs_embedding does not count as a
 -- column in the statement's target list.
-CREATE OR REPLACE TRIGGER {notify_trigger}
-    AFTER INSERT OR UPDATE OF needs_embedding, content ON {t}
-    FOR EACH ROW WHEN (NEW.needs_embedding IS TRUE) EXECUTE FUNCTION notify_embedding_needed();
-"#
+DROP TRIGGER IF EXISTS {notify_trigger} ON {t};
+{notify_trigger_sql}
+"#,
+        notify_trigger_sql = match notify {
+            NotifyMode::PerRow => format!(
+                "CREATE TRIGGER {notify_trigger} AFTER INSERT OR UPDATE OF needs_embedding, content ON {t}
+    FOR EACH ROW WHEN (NEW.needs_embedding IS TRUE) EXECUTE FUNCTION notify_embedding_needed();"
+            ),
+            NotifyMode::PerStatement => format!(
+                "CREATE TRIGGER {notify_trigger} AFTER INSERT OR UPDATE OF needs_embedding, content ON {t}
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_embedding_needed_statement();"
+            ),
+        }
     )
 }
 
-/// Creates whatever is missing; harmless to run again. Serialised with an advisory lock so two
-/// daemons or `db init`s starting together do not race on CREATE.
+/// Creates whatever is missing, with row-level notifications; harmless to run again.
 pub async fn init(client: &Client, table: &Table, dim: usize) -> Result<()> {
+    init_with(client, table, dim, NotifyMode::PerRow).await
+}
+
+/// Creates whatever is missing; harmless to run again (the notify trigger is replaced to match
+/// `notify`). One transaction, serialised with an advisory lock so two daemons or `db init`s
+/// starting together do not race on CREATE.
+pub async fn init_with(client: &Client, table: &Table, dim: usize, notify: NotifyMode) -> Result<()> {
     client
         .batch_execute(&format!(
-            "SELECT pg_advisory_lock(hashtext('pgai-trigger schema'));\n{}\nSELECT pg_advisory_unlock(hashtext('pgai-trigger schema'));",
-            ddl(table, dim)
+            "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\nCOMMIT;",
+            ddl_with(table, dim, notify)
         ))
         .await
         .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
