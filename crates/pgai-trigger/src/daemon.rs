@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +34,7 @@ impl Daemon {
         }
         let config = Arc::new(config);
         let monitor = Arc::new(Monitor::default());
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(crate::listener::Wake::new());
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         if config.immediate_trigger {

@@ -20,11 +20,12 @@
 //!
 //! Around them: [`pipeline`] runs claim → embed → write-back as one worker, [`daemon`] starts
 //! and stops listener and worker together, [`http`] serves health and stats, [`config`] holds
-//! the validated settings, [`db`] opens connections, [`backoff`] paces reconnects,
+//! the validated settings, [`db`] opens connections, [`backoff`] paces reconnects, [`breaker`] backs the pipeline off a failing provider,
 //! [`cluster`] manages the embedded PostgreSQL of `up` and the tests, and [`testkit`] gives
 //! each test a database on one shared cluster.
 
 pub mod backoff;
+pub mod breaker;
 pub mod claim;
 pub mod cluster;
 pub mod config;

@@ -1,11 +1,18 @@
 //! Stage 2 of the flow: the wake-up. A dedicated connection LISTENs on `embedding_needed` and
 //! never opens a transaction (a listener idle in a transaction would stop the server's
 //! notification queue from being cleaned). Each notification is only a hint: it wakes the
-//! worker, which claims whatever is due from the table. After every (re)connect the worker is
-//! woken once too, since notifications sent while nobody listened are gone.
+//! worker and names an id to claim first; the table stays the source of truth. After every
+//! (re)connect the worker is woken once too, since notifications sent while nobody listened are
+//! gone.
+//!
+//! Health: every [`PROBE_EVERY`] the listener NOTIFYs itself and expects the probe back within
+//! the next interval. A probe that does not come back marks the listener degraded (the worker
+//! then polls faster); three in a row and it reconnects. A failed probe statement or a closed
+//! connection reconnects at once, with jittered exponential backoff capped at 60 s.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
@@ -18,61 +25,136 @@ use crate::error::{Error, Result};
 use crate::monitor::{LogLimiter, Monitor};
 use crate::schema::CHANNEL_NEEDED;
 
-/// Idle ping interval: a silently dead connection is noticed within this long.
-const PING_EVERY: Duration = Duration::from_secs(5);
+/// Self-probe interval; also the longest a silently dead connection goes unnoticed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Probes lost in a row before the listener reconnects.
+const LOST_PROBES_BEFORE_RECONNECT: u32 = 3;
+/// Payload prefix of the self-probe; never a row id the worker should look for.
+pub const PROBE_PREFIX: &str = "\u{1}pgai-probe:";
+
+/// The ids the latest notifications named, newest kept: during a burst of thousands the
+/// oldest hints are dropped (those rows are found by age anyway) so a fresh insert is always
+/// near the front.
+#[derive(Debug)]
+pub struct Hints {
+    ids: Mutex<VecDeque<String>>,
+    cap: usize,
+}
+
+impl Hints {
+    pub fn new(cap: usize) -> Hints {
+        Hints { ids: Mutex::new(VecDeque::with_capacity(cap.min(1024))), cap: cap.max(1) }
+    }
+
+    pub fn push(&self, id: String) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.len() == self.cap {
+            ids.pop_front();
+        }
+        ids.push_back(id);
+    }
+
+    /// Up to `n` ids, newest first.
+    pub fn take_newest(&self, n: usize) -> Vec<String> {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(n.min(ids.len()));
+        while out.len() < n {
+            match ids.pop_back() {
+                Some(id) => out.push(id),
+                None => break,
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the listener shares with the worker.
+pub struct Wake {
+    pub notify: Notify,
+    pub hints: Hints,
+}
+
+impl Wake {
+    pub fn new() -> Wake {
+        Wake { notify: Notify::new(), hints: Hints::new(1024) }
+    }
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake::new()
+    }
+}
 
 /// Runs until `shutdown`; reconnects with jittered backoff capped at 60 s.
 pub async fn run(
     url: String,
     app_name: String,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     monitor: Arc<Monitor>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
     let mut errors = LogLimiter::new(Duration::from_secs(10));
-    let mut first = true;
+    let mut connected_before = false;
     while !shutdown.is_cancelled() {
         let outcome = tokio::select! {
-            r = listen_once(&url, &app_name, &wake, &monitor, &mut backoff) => r,
+            r = listen_once(&url, &app_name, &wake, &monitor, &mut backoff, &mut connected_before) => r,
             _ = shutdown.cancelled() => break,
         };
         monitor.listener_connected.store(false, Relaxed);
-        if let Err(e) = outcome {
-            monitor.record_error(format!("listener: {e}"));
-            if let Some(held) = errors.allow() {
-                tracing::warn!(error = %e, suppressed = held, "listener connection lost; reconnecting");
-            }
+        let Err(e) = outcome;
+        monitor.record_error(format!("listener: {e}"));
+        if let Some(held) = errors.allow() {
+            tracing::warn!(error = %e, suppressed = held, "listener connection lost; reconnecting");
         }
-        if !first {
-            monitor.reconnects.fetch_add(1, Relaxed);
-        }
-        first = false;
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => break,
         }
     }
+    monitor.listener_connected.store(false, Relaxed);
 }
 
-/// One connection's life: connect, LISTEN, forward notifications, ping when idle. Returns when
-/// the connection fails.
+/// One connection's life: connect, LISTEN, forward notifications, probe. Returns when the
+/// connection fails or stops delivering.
 async fn listen_once(
     url: &str,
     app_name: &str,
-    wake: &Notify,
+    wake: &Wake,
     monitor: &Monitor,
     backoff: &mut Backoff,
-) -> Result<()> {
+    connected_before: &mut bool,
+) -> Result<std::convert::Infallible> {
     let (client, mut conn) = crate::db::pg_config(url, app_name)?.connect(NoTls).await?;
+    let probe_tag = format!("{PROBE_PREFIX}{}:", std::process::id());
+    let probes_seen = std::sync::atomic::AtomicU64::new(0);
     // The connection must be polled for notifications to arrive; this future does nothing else.
     let pump = async {
         loop {
             match poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let payload = n.payload();
+                    if payload.starts_with(PROBE_PREFIX) {
+                        if payload.starts_with(&probe_tag) {
+                            probes_seen.fetch_add(1, Relaxed);
+                        }
+                        continue;
+                    }
                     monitor.notifications.fetch_add(1, Relaxed);
-                    wake.notify_one();
+                    if !payload.is_empty() {
+                        wake.hints.push(payload.to_string());
+                    }
+                    wake.notify.notify_one();
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Error::Db(e),
@@ -83,19 +165,63 @@ async fn listen_once(
     let work = async {
         client.batch_execute(&format!("LISTEN {CHANNEL_NEEDED}")).await?;
         monitor.listener_connected.store(true, Relaxed);
+        monitor.listener_degraded.store(false, Relaxed);
+        if *connected_before {
+            monitor.reconnects.fetch_add(1, Relaxed);
+            tracing::info!("listener reconnected");
+        } else {
+            tracing::info!("listening on {CHANNEL_NEEDED}");
+        }
+        *connected_before = true;
         backoff.reset();
-        tracing::info!("listening on {CHANNEL_NEEDED}");
         // Catch up: whatever was committed while nobody listened.
-        wake.notify_one();
+        wake.notify.notify_one();
+        let mut sent = 0u64;
+        let mut lost_in_a_row = 0u32;
         loop {
-            tokio::time::sleep(PING_EVERY).await;
-            tokio::time::timeout(PING_EVERY, client.simple_query(""))
+            sent += 1;
+            let probe = format!("NOTIFY {CHANNEL_NEEDED}, '{probe_tag}{sent}'");
+            tokio::time::timeout(PROBE_EVERY, client.batch_execute(&probe))
                 .await
-                .map_err(|_| Error::Connection("listener ping timed out".into()))??;
+                .map_err(|_| Error::Connection("listener probe timed out".into()))??;
+            tokio::time::sleep(PROBE_EVERY).await;
+            if probes_seen.load(Relaxed) >= sent {
+                lost_in_a_row = 0;
+                if monitor.listener_degraded.swap(false, Relaxed) {
+                    tracing::info!("listener probes come back again");
+                }
+            } else {
+                lost_in_a_row += 1;
+                monitor.listener_degraded.store(true, Relaxed);
+                monitor.lost_probes.fetch_add(1, Relaxed);
+                tracing::warn!(lost_in_a_row, "listener self-probe did not come back; polling faster");
+                if lost_in_a_row >= LOST_PROBES_BEFORE_RECONNECT {
+                    return Err(Error::Connection("listener stopped receiving notifications".into()));
+                }
+                // Resynchronise: count the probes as seen so far.
+                probes_seen.store(sent, Relaxed);
+            }
         }
     };
     tokio::select! {
         e = pump => Err(e),
         r = work => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_keep_the_newest_and_hand_them_out_newest_first() {
+        let h = Hints::new(3);
+        for id in ["a", "b", "c", "d"] {
+            h.push(id.into());
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.take_newest(2), vec!["d".to_string(), "c".to_string()]);
+        assert_eq!(h.take_newest(5), vec!["b".to_string()]);
+        assert!(h.is_empty());
     }
 }

@@ -2,30 +2,44 @@
 //!
 //! The claim loop takes a batch, hands its texts to the model thread and goes on to claim the
 //! next one while the model works; the write loop waits for each batch's vectors and writes
-//! them. A bounded channel between the two holds at most one batch, so at most three batches
-//! are claimed at once (writing, embedding, queued) and a slow database slows the claims.
-//! Claim and write use separate connections so a write never waits behind a claim.
+//! them. Claims only take free capacity: a semaphore allows [`BATCHES_IN_FLIGHT`] batches
+//! between claim and write, so a slow model or database slows the claims instead of piling up
+//! leased rows. Claim and write use separate connections so a write never waits behind a claim.
+//!
+//! The daemon's own sessions run with `synchronous_commit = off`: losing a claim or a vector
+//! write in a server crash only leaves the row pending, and it is embedded again.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::breaker::{Breaker, Verdict};
 use crate::claim::{Claim, Claimer};
 use crate::config::Config;
 use crate::embedder::{EmbedResult, EmbedService};
 use crate::error::Result;
+use crate::listener::Wake;
 use crate::monitor::{LogLimiter, Monitor};
 use crate::writeback::Writer;
+
+/// Batches claimed but not yet written: one being embedded, one being written.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+/// How often the queue gauges are sampled from the database.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Poll interval while the listener is down or degraded (the fallback must then carry pickup).
+const DEGRADED_POLL: Duration = Duration::from_millis(250);
 
 /// A claimed batch whose vectors are being computed.
 struct InFlight {
     claim: Claim,
     vectors: oneshot::Receiver<EmbedResult>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Everything the worker shares with the rest of the daemon.
@@ -34,22 +48,33 @@ pub struct Worker {
     pub config: Arc<Config>,
     pub embed: EmbedService,
     /// Signalled by the listener on each notification (and once after each LISTEN).
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub monitor: Arc<Monitor>,
+}
+
+/// State shared by the claim and write loops of one connection pair.
+struct Shared {
+    breaker: Mutex<Breaker>,
+    /// Tokens of batches claimed and not yet written or given back: their leases are renewed.
+    active: Mutex<HashSet<String>>,
 }
 
 impl Worker {
     /// Runs until `shutdown`, reconnecting with backoff. On shutdown, batches already claimed
-    /// are finished (written or released) before this returns.
+    /// are finished (written, or given back) before this returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
         let mut errors = LogLimiter::new(Duration::from_secs(10));
+        let shared = Shared {
+            breaker: Mutex::new(Breaker::new(Duration::from_secs(1), Duration::from_secs(60))),
+            active: Mutex::new(HashSet::new()),
+        };
+        let mut connected_before = false;
         loop {
-            match self.run_connected(&shutdown, &mut backoff).await {
-                Ok(()) => return,
+            match self.run_connected(&shutdown, &mut backoff, &shared, &mut connected_before).await {
+                Ok(()) => break,
                 Err(e) => {
                     self.monitor.worker_connected.store(false, Relaxed);
-                    self.monitor.reconnects.fetch_add(1, Relaxed);
                     self.monitor.record_error(format!("worker: {e}"));
                     if let Some(held) = errors.allow() {
                         tracing::warn!(error = %e, suppressed = held, "worker connection lost; reconnecting");
@@ -58,32 +83,54 @@ impl Worker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             }
         }
+        self.monitor.worker_connected.store(false, Relaxed);
     }
 
-    async fn run_connected(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<()> {
+    async fn run_connected(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        shared: &Shared,
+        connected_before: &mut bool,
+    ) -> Result<()> {
         let cfg = &self.config;
         let app = format!("pgai-trigger {}", cfg.worker_id);
         let (claim_db, _claim_task) = crate::db::connect(&cfg.database_url, &app).await?;
         let (write_db, _write_task) = crate::db::connect(&cfg.database_url, &app).await?;
+        for db in [&claim_db, &write_db] {
+            db.batch_execute("SET synchronous_commit = off").await?;
+        }
         let mut claimer = Claimer::prepare(&claim_db, &cfg.table, &cfg.worker_id).await?;
         let writer = Writer::prepare(&write_db, &cfg.table, self.embed.model_name()).await?;
         // Batches this daemon claimed on a connection it has since lost are abandoned: give them
         // back now rather than after their lease.
         let released = claimer.release_own(&claim_db).await?;
+        shared.active.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if released > 0 {
             tracing::info!(rows = released, "released claims abandoned by a lost connection");
         }
         self.monitor.worker_connected.store(true, Relaxed);
+        if *connected_before {
+            self.monitor.reconnects.fetch_add(1, Relaxed);
+            tracing::info!("worker reconnected");
+        }
+        *connected_before = true;
         backoff.reset();
 
-        let (tx, rx) = mpsc::channel::<InFlight>(1);
-        let claims = self.claim_loop(&claim_db, &mut claimer, tx, shutdown);
-        let writes = self.write_loop(&write_db, &writer, rx);
-        let (c, w) = tokio::join!(claims, writes);
-        c.and(w)
+        let (tx, rx) = mpsc::channel::<InFlight>(BATCHES_IN_FLIGHT);
+        let writes_done = CancellationToken::new();
+        let claims = self.claim_loop(&claim_db, &mut claimer, tx, shutdown, shared);
+        let writes = async {
+            let r = self.write_loop(&write_db, &writer, rx, shared).await;
+            writes_done.cancel();
+            r
+        };
+        let upkeep = self.upkeep(&write_db, &writer, shared, &writes_done);
+        let (c, w, u) = tokio::join!(claims, writes, upkeep);
+        c.and(w).and(u)
     }
 
     async fn claim_loop(
@@ -92,22 +139,47 @@ impl Worker {
         claimer: &mut Claimer,
         tx: mpsc::Sender<InFlight>,
         shutdown: &CancellationToken,
+        shared: &Shared,
     ) -> Result<()> {
         let cfg = &self.config;
         let lease = cfg.lease.as_secs_f64();
+        let capacity = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !shutdown.is_cancelled() {
-            let claim = claimer.claim(db, cfg.batch_size, lease).await?;
-            if claim.rows.is_empty() {
+            let pause = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).pause_left(Instant::now());
+            if let Some(pause) = pause {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(cfg.poll_interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let permit = tokio::select! {
+                p = capacity.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let limit = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).claim_limit(cfg.batch_size);
+            let hinted = self.wake.hints.take_newest(limit);
+            let claim = claimer.claim(db, &hinted, limit, lease, cfg.max_retries).await?;
+            if claim.rows.is_empty() {
+                drop(permit);
+                let poll = if cfg.immediate_trigger
+                    && (!self.monitor.listener_connected.load(Relaxed) || self.monitor.listener_degraded.load(Relaxed))
+                {
+                    cfg.poll_interval.min(DEGRADED_POLL)
+                } else {
+                    cfg.poll_interval
+                };
+                tokio::select! {
+                    _ = self.wake.notify.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
             }
+            shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(claim.token.clone());
             let texts = claim.rows.iter().map(|r| r.content.clone()).collect();
             let vectors = self.embed.submit(texts).await;
-            if tx.send(InFlight { claim, vectors }).await.is_err() {
+            if tx.send(InFlight { claim, vectors, _permit: permit }).await.is_err() {
                 // The write loop failed; its error is the one to report.
                 return Ok(());
             }
@@ -115,21 +187,34 @@ impl Worker {
         Ok(())
     }
 
-    async fn write_loop(&self, db: &Client, writer: &Writer, mut rx: mpsc::Receiver<InFlight>) -> Result<()> {
+    async fn write_loop(
+        &self,
+        db: &Client,
+        writer: &Writer,
+                mut rx: mpsc::Receiver<InFlight>,
+        shared: &Shared,
+    ) -> Result<()> {
         while let Some(batch) = rx.recv().await {
-            let result = batch
-                .vectors
-                .await
-                .unwrap_or_else(|_| Err(pgai_embed::EmbedError::Inference("the model thread dropped the batch".into())));
+            let result = batch.vectors.await.unwrap_or_else(|_| {
+                Err(pgai_embed::EmbedError::Inference("the model thread dropped the batch".into()))
+            });
+            let claim = &batch.claim;
             match result {
-                Ok((vectors, _took)) => self.write(db, writer, &batch.claim, vectors).await?,
-                Err(e) if batch.claim.rows.len() > 1 => {
+                Ok((vectors, _took)) => {
+                    self.write(db, writer, claim, vectors).await?;
+                    shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+                    self.monitor.provider_paused.store(false, Relaxed);
+                }
+                Err(e) if claim.rows.len() > 1 => {
                     // One bad row must not cost the others an attempt: embed them one by one.
                     tracing::debug!(error = %e, "batch failed; retrying its rows one by one");
-                    self.write_one_by_one(db, writer, &batch.claim).await?;
+                    self.write_one_by_one(db, writer, claim, shared).await?;
                 }
-                Err(e) => self.fail(db, writer, &batch.claim, &[&batch.claim.rows[0].id], &e.to_string()).await?,
+                Err(e) => {
+                    self.failed(db, writer, claim, &claim.rows[0].id, &e.to_string(), shared).await?;
+                }
             }
+            shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&claim.token);
         }
         Ok(())
     }
@@ -137,7 +222,7 @@ impl Worker {
     async fn write(&self, db: &Client, writer: &Writer, claim: &Claim, vectors: Vec<Vec<f32>>) -> Result<()> {
         let written = writer.complete(db, claim, vectors).await?;
         let m = &self.monitor;
-        m.batches.fetch_add(1, Relaxed);
+        m.record_batch(claim.rows.len());
         m.processed.fetch_add(written.len() as u64, Relaxed);
         m.superseded.fetch_add((claim.rows.len() - written.len()) as u64, Relaxed);
         for w in &written {
@@ -146,42 +231,106 @@ impl Worker {
         Ok(())
     }
 
-    async fn write_one_by_one(&self, db: &Client, writer: &Writer, claim: &Claim) -> Result<()> {
-        let mut ok = Vec::new();
-        let mut vectors = Vec::new();
-        for row in &claim.rows {
+    async fn write_one_by_one(
+        &self,
+        db: &Client,
+        writer: &Writer,
+                claim: &Claim,
+        shared: &Shared,
+    ) -> Result<()> {
+        for (i, row) in claim.rows.iter().enumerate() {
+            let part = Claim { token: claim.token.clone(), rows: vec![row.clone()] };
             match self.embed.embed(vec![row.content.clone()]).await {
-                Ok(mut v) => {
-                    ok.push(row.clone());
-                    vectors.push(v.remove(0));
+                Ok(v) => {
+                    self.write(db, writer, &part, v).await?;
+                    shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
                 }
-                Err(e) => self.fail(db, writer, claim, &[&row.id], &e.to_string()).await?,
+                Err(e) => {
+                    if self.failed(db, writer, &part, &row.id, &e.to_string(), shared).await? {
+                        // The provider is down: give the rest back untouched.
+                        let rest: Vec<&str> = claim.rows[i + 1..].iter().map(|r| r.id.as_str()).collect();
+                        if !rest.is_empty() {
+                            let n = writer.release(db, claim, &rest).await?;
+                            self.monitor.released.fetch_add(n, Relaxed);
+                        }
+                        break;
+                    }
+                }
             }
-        }
-        if !ok.is_empty() {
-            let part = Claim { token: claim.token.clone(), rows: ok };
-            self.write(db, writer, &part, vectors).await?;
         }
         Ok(())
     }
 
-    async fn fail(&self, db: &Client, writer: &Writer, claim: &Claim, ids: &[&str], error: &str) -> Result<()> {
+    /// Records a row's failure: an attempt on the row, or, when the provider looks down, the
+    /// row given back and the pipeline paused. Returns true in the second case.
+    async fn failed(
+        &self,
+        db: &Client,
+        writer: &Writer,
+                claim: &Claim,
+        id: &str,
+        error: &str,
+        shared: &Shared,
+    ) -> Result<bool> {
         let cfg = &self.config;
         let error: String = error.replace('\n', " ").chars().take(1000).collect();
-        tracing::warn!(rows = ids.len(), error = %error, "embedding failed; will retry with backoff");
-        let n = writer
-            .fail(
-                db,
-                claim,
-                ids,
-                &error,
-                cfg.max_retries,
-                cfg.retry_interval.as_secs_f64(),
-                cfg.retry_cap.as_secs_f64(),
-            )
-            .await?;
-        self.monitor.failed_attempts.fetch_add(n, Relaxed);
-        self.monitor.record_error(error);
-        Ok(())
+        self.monitor.record_error(error.clone());
+        let verdict = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_failure(id, Instant::now());
+        match verdict {
+            Verdict::CountAttempt => {
+                tracing::warn!(row = id, error = %error, "embedding failed; the row will be retried with backoff");
+                let n = writer
+                    .fail(
+                        db,
+                        claim,
+                        &[id],
+                        &error,
+                        cfg.max_retries,
+                        cfg.retry_interval.as_secs_f64(),
+                        cfg.retry_cap.as_secs_f64(),
+                    )
+                    .await?;
+                self.monitor.failed_attempts.fetch_add(n, Relaxed);
+                Ok(false)
+            }
+            Verdict::ProviderDown(pause) => {
+                tracing::warn!(
+                    error = %error,
+                    pause_ms = pause.as_millis() as u64,
+                    "embedding fails across rows: pausing the pipeline, rows keep their attempts"
+                );
+                self.monitor.provider_paused.store(true, Relaxed);
+                let n = writer.release(db, claim, &[id]).await?;
+                self.monitor.released.fetch_add(n, Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Renews the leases of batches in flight and samples the queue gauges, until the write
+    /// loop ends.
+    async fn upkeep(&self, db: &Client, writer: &Writer, shared: &Shared, done: &CancellationToken) -> Result<()> {
+        let cfg = &self.config;
+        let renew_every = cfg.lease / 3;
+        let mut renew_tick = tokio::time::interval(renew_every);
+        let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
+        renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return Ok(()),
+                _ = renew_tick.tick() => {
+                    let tokens: Vec<String> =
+                        shared.active.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+                    if !tokens.is_empty() {
+                        let n = writer.renew(db, &tokens, cfg.lease.as_secs_f64()).await?;
+                        self.monitor.renewals.fetch_add(n, Relaxed);
+                    }
+                }
+                _ = sample_tick.tick() => {
+                    self.monitor.sample(db, &cfg.table).await?;
+                }
+            }
+        }
     }
 }

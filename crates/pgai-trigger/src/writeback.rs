@@ -24,6 +24,8 @@ pub struct Written {
 pub struct Writer {
     complete: Statement,
     fail: Statement,
+    release: Statement,
+    renew: Statement,
     model: String,
 }
 
@@ -66,9 +68,19 @@ impl Writer {
                         least($6::float8, $5::float8 * power(2::float8, r.retry_count)) * (0.75 + random() * 0.5))
               WHERE r.id = ANY($1) AND r.claimed_by = $2"
         );
+        let release = format!(
+            "UPDATE {t} SET claimed_by = NULL, claim_expires_at = NULL, retry_status = 'pending'
+              WHERE claimed_by = $1 AND id = ANY($2::text[])"
+        );
+        let renew = format!(
+            "UPDATE {t} SET claim_expires_at = clock_timestamp() + make_interval(secs => $2)
+              WHERE claimed_by = ANY($1::text[])"
+        );
         Ok(Writer {
             complete: client.prepare(&complete).await?,
             fail: client.prepare(&fail).await?,
+            release: client.prepare(&release).await?,
+            renew: client.prepare(&renew).await?,
             model: model.to_string(),
         })
     }
@@ -108,5 +120,15 @@ impl Writer {
         Ok(client
             .execute(&self.fail, &[&ids, &claim.token, &error, &max_retries, &base_secs, &cap_secs])
             .await?)
+    }
+
+    /// Gives rows of a claim back untouched: no attempt counted (the provider failed, not them).
+    pub async fn release(&self, client: &Client, claim: &Claim, ids: &[&str]) -> Result<u64> {
+        Ok(client.execute(&self.release, &[&claim.token, &ids]).await?)
+    }
+
+    /// Extends the lease of every listed claim, so a long batch is not taken over.
+    pub async fn renew(&self, client: &Client, tokens: &[String], lease_secs: f64) -> Result<u64> {
+        Ok(client.execute(&self.renew, &[&tokens, &lease_secs]).await?)
     }
 }

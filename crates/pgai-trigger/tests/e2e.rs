@@ -209,7 +209,7 @@ async fn stale_claims_never_write() {
     let writer = Writer::prepare(&db, &table, "model").await.unwrap();
 
     // Content changes between claim and write-back.
-    let claim = claimer.claim(&db, 10, 30.0).await.unwrap();
+    let claim = claimer.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     assert_eq!(claim.rows.len(), 1);
     db.execute("UPDATE m0_episodic SET content = 'new content' WHERE id = 'g1'", &[]).await.unwrap();
     let written = writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap();
@@ -221,18 +221,18 @@ async fn stale_claims_never_write() {
     assert_eq!((r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)), (true, true, true));
 
     // Lease expires and another worker re-claims: the first holder cannot complete.
-    let first = claimer.claim(&db, 10, 0.001).await.unwrap();
+    let first = claimer.claim(&db, &[], 10, 0.001, 3).await.unwrap();
     assert_eq!(first.rows[0].content, "new content");
     tokio::time::sleep(Duration::from_millis(5)).await; // let the 1 ms lease lapse
     let mut other = Claimer::prepare(&db, &table, "test-b").await.unwrap();
-    let second = other.claim(&db, 10, 30.0).await.unwrap();
+    let second = other.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     assert_eq!(second.rows.len(), 1, "expired claim taken over");
     assert!(writer.complete(&db, &first, vec![vec![0.5; 384]]).await.unwrap().is_empty());
     assert_eq!(writer.complete(&db, &second, vec![vec![0.5; 384]]).await.unwrap().len(), 1);
 
     // A row deleted while claimed: write-back matches nothing, no error.
     db.execute("INSERT INTO m0_episodic (id, content) VALUES ('g2', 'short lived')", &[]).await.unwrap();
-    let claim = claimer.claim(&db, 10, 30.0).await.unwrap();
+    let claim = claimer.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     db.execute("DELETE FROM m0_episodic WHERE id = 'g2'", &[]).await.unwrap();
     assert!(writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap().is_empty());
 }
