@@ -100,6 +100,7 @@ pub fn ddl_with(table: &Table, dim: usize, notify: NotifyMode) -> String {
     let requeue = table.derived("requeue");
     let requeue_trigger = table.derived("requeue_trigger");
     let notify_trigger = table.derived("embedding_trigger");
+    let notify_update_trigger = table.derived("embedding_update_trigger");
     let idx_pending = table.derived("needs_embedding_idx");
     let idx_status = table.derived("retry_status_idx");
     let idx_count = table.derived("retry_count_idx");
@@ -172,15 +173,21 @@ BEGIN
     RETURN NEW;
 END
 $$;
+-- Per-statement mode: one hint per statement that left due rows behind. Transition tables
+-- let the daemon's own claims and write-backs (claimed, or no longer needing a vector) stay quiet.
 CREATE OR REPLACE FUNCTION notify_embedding_needed_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{CHANNEL_NEEDED}', '');
+    IF EXISTS (SELECT 1 FROM new_rows WHERE needs_embedding IS TRUE AND claimed_by IS NULL
+                AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())) THEN
+        PERFORM pg_notify('{CHANNEL_NEEDED}', '');
+    END IF;
     RETURN NULL;
 END
 $$;
 -- `UPDATE OF content` too: the BEFORE trigger's change of needs_embedding does not count as a
 -- column in the statement's target list.
 DROP TRIGGER IF EXISTS {notify_trigger} ON {t};
+DROP TRIGGER IF EXISTS {notify_update_trigger} ON {t};
 {notify_trigger_sql}
 "#,
         notify_trigger_sql = match notify {
@@ -189,7 +196,9 @@ DROP TRIGGER IF EXISTS {notify_trigger} ON {t};
     FOR EACH ROW WHEN (NEW.needs_embedding IS TRUE) EXECUTE FUNCTION notify_embedding_needed();"
             ),
             NotifyMode::PerStatement => format!(
-                "CREATE TRIGGER {notify_trigger} AFTER INSERT OR UPDATE OF needs_embedding, content ON {t}
+                "CREATE TRIGGER {notify_trigger} AFTER INSERT ON {t} REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_embedding_needed_statement();
+CREATE TRIGGER {notify_update_trigger} AFTER UPDATE ON {t} REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION notify_embedding_needed_statement();"
             ),
         }

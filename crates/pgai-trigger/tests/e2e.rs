@@ -348,3 +348,96 @@ async fn latency_report() {
     daemon.stop().await;
     let _ = Arc::new(());
 }
+
+/// A claim that expires in its holder's hands counts an attempt when taken over (the holder
+/// crashed or hung on it); the last allowed attempt turns the row `failed` instead of looping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_over_an_expired_claim_counts_an_attempt_and_ends_failed() {
+    let (_url, db) = schema_db("takeover").await;
+    let table = Table::default();
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('poison', 'crashes every worker')", &[])
+        .await
+        .unwrap();
+    let mut claimer = Claimer::prepare(&db, &table, "crashy").await.unwrap();
+    let max_retries = 3;
+    for expected_count in 0..max_retries {
+        let c = claimer.claim(&db, &[], 10, 0.001, max_retries).await.unwrap();
+        assert_eq!(c.rows.len(), 1, "claimed again after its lease expired");
+        let r = db.query_one("SELECT retry_count, retry_status FROM m0_episodic", &[]).await.unwrap();
+        assert_eq!((r.get::<_, i32>(0), r.get::<_, String>(1)), (expected_count, "processing".into()));
+        tokio::time::sleep(Duration::from_millis(5)).await; // the 1 ms lease lapses: a "crash"
+    }
+    let c = claimer.claim(&db, &[], 10, 0.001, max_retries).await.unwrap();
+    assert!(c.rows.is_empty(), "the last attempt is used up: not claimed again");
+    let r = db
+        .query_one("SELECT retry_count, retry_status, last_error, claimed_by IS NULL FROM m0_episodic", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 3);
+    assert_eq!(r.get::<_, String>(1), "failed");
+    assert!(r.get::<_, String>(2).contains("lease expired"));
+    assert!(r.get::<_, bool>(3));
+}
+
+/// Hinted ids are claimed first: a fresh insert does not wait behind a backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hinted_rows_jump_the_backlog() {
+    let (_url, db) = schema_db("hints").await;
+    db.batch_execute(
+        "INSERT INTO m0_episodic (id, content) SELECT 'old' || g, 'backlog ' || g FROM generate_series(1, 500) g;
+         INSERT INTO m0_episodic (id, content) VALUES ('fresh', 'just arrived');",
+    )
+    .await
+    .unwrap();
+    let mut claimer = Claimer::prepare(&db, &Table::default(), "hints").await.unwrap();
+    let c = claimer.claim(&db, &["fresh".to_string(), "no-such-id".to_string()], 4, 30.0, 3).await.unwrap();
+    let ids: Vec<&str> = c.rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], "fresh", "{ids:?}");
+    assert!(ids[1..].iter().all(|id| id.starts_with("old")), "then the oldest: {ids:?}");
+}
+
+/// The per-statement notify option: one notification per statement, same end state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_statement_notifications_embed_bulk_loads() {
+    let url = fresh_database("per_statement").await;
+    let db = connect(&url).await;
+    schema::init_with(&db, &Table::default(), pgai_embed::DIM, schema::NotifyMode::PerStatement)
+        .await
+        .unwrap();
+    let daemon = start_daemon(&url).await;
+    db.batch_execute(
+        "INSERT INTO m0_episodic (id, content) SELECT 'bulk' || g, 'bulk row ' || g FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
+    wait_for("the bulk load to be embedded", DEADLINE * 2, || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[]).await.unwrap().get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    let notes = daemon.monitor.snapshot().notifications;
+    assert!(notes <= 3, "one notification per statement, got {notes}");
+    for id in ["bulk1", "bulk150", "bulk300"] {
+        assert_vector_matches_content(&db, id).await;
+    }
+    daemon.stop().await;
+}
+
+/// `/metrics` material: the Prometheus text carries the daemon's live counters and the gauges
+/// sampled from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reflect_the_pipeline() {
+    let (url, db) = schema_db("metrics").await;
+    let daemon = start_daemon(&url).await;
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('x', 'metrics please')", &[]).await.unwrap();
+    wait_embedded(&db, "x").await;
+    let text = wait_for("the counter to show the row", DEADLINE, || async {
+        let t = daemon.monitor.render_prometheus();
+        t.contains("\npgai_rows_embedded_total 1\n").then_some(t)
+    })
+    .await;
+    assert!(text.contains("pgai_embedding_latency_seconds_count 1\n"), "{text}");
+    assert!(text.contains("\npgai_listener_connected 1\n"), "{text}");
+    daemon.stop().await;
+}
