@@ -58,7 +58,8 @@ impl EmbedService {
                 while let Some(job) = rx.blocking_recv() {
                     let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
                     let started = Instant::now();
-                    let result = catch_panic(|| model.embed(&texts)).map(|v| (v, started.elapsed()));
+                    let result = catch_panic(|| embed_in_chunks(model.as_mut(), &texts, TOKEN_BUDGET))
+                        .map(|v| (v, started.elapsed()));
                     let _ = job.reply.send(result);
                 }
             })
@@ -110,6 +111,47 @@ impl EmbedService {
     }
 }
 
+/// Most padded tokens (rows × longest row) per model call. Texts are sorted by length and cut
+/// into calls under this budget: little padding, and a batch of long texts does not become
+/// one huge call that a fresh single insert must wait behind.
+pub const TOKEN_BUDGET: usize = 4096;
+
+/// Embeds `texts` in length-sorted chunks of at most `budget` padded tokens; same order out.
+pub fn embed_in_chunks(model: &mut dyn Embedder, texts: &[&str], budget: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+    if texts.len() <= 1 {
+        return model.embed(texts);
+    }
+    let lens = texts.iter().map(|t| model.count_tokens(t)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = vec![Vec::new(); texts.len()];
+    for chunk in chunks_by_budget(&lens, budget) {
+        let part: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+        for (i, v) in chunk.iter().zip(model.embed(&part)?) {
+            out[*i] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// Groups indices of `lens` sorted by length so that each group's rows × longest ≤ `budget`
+/// (a single row longer than the budget is a group of its own).
+fn chunks_by_budget(lens: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so row i is the longest of the group if added.
+        if !current.is_empty() && lens[i] * (current.len() + 1) > budget {
+            groups.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 /// A panic inside the model fails the batch instead of killing the thread.
 fn catch_panic<T>(f: impl FnOnce() -> Result<T, EmbedError>) -> Result<T, EmbedError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -122,5 +164,27 @@ fn catch_panic<T>(f: impl FnOnce() -> Result<T, EmbedError>) -> Result<T, EmbedE
                 .unwrap_or_else(|| "unknown panic".into());
             Err(EmbedError::Inference(format!("the model panicked: {msg}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_the_budget_and_cover_every_row_once() {
+        let lens = [256, 12, 12, 256, 40, 256, 9];
+        let groups = chunks_by_budget(&lens, 520);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for g in &groups {
+            let longest = g.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(longest * g.len() <= 520 || g.len() == 1, "{g:?}");
+        }
+        // Short rows travel together, long rows in pairs.
+        assert_eq!(groups[0], vec![6, 1, 2, 4]);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(chunks_by_budget(&[300], 100), vec![vec![0]]);
     }
 }
