@@ -19,6 +19,10 @@ pub enum EmbedError {
     /// ONNX Runtime failed while running a batch.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// A remote (OpenAI-compatible) endpoint refused or failed a request. `status` is the HTTP
+    /// status, `None` when no answer came (connection refused, timeout, unreadable body).
+    #[error("remote embedding endpoint {url}: {}{message}", .status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
+    Remote { url: String, status: Option<u16>, message: String },
 }
 
 impl EmbedError {
@@ -28,6 +32,9 @@ impl EmbedError {
         match self {
             Self::MissingFiles { .. } | Self::Runtime { .. } | Self::BadModel { .. } => true,
             Self::Tokenizer(_) | Self::Inference(_) => false,
+            // Bad request, bad credentials, no such endpoint or model: retrying will not help.
+            // Rate limits (429), server errors and timeouts pass.
+            Self::Remote { status, .. } => matches!(status, Some(400 | 401 | 403 | 404 | 422)),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   process.
 //! - `pool`: mean pooling and L2 normalisation, for graphs that output `last_hidden_state`
 //!   (the Hugging Face repo's `onnx/model.onnx`) instead of `sentence_embedding`.
+//! - `openai`: [`OpenAiEmbedder`], any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI,
+//!   Ollama, vLLM, text-embeddings-inference), the second provider.
 //! - `error`: [`EmbedError`], one line per failure, classified by [`EmbedError::is_permanent`].
 //!
 //! The graph built by `scripts/build_onnx.py` does pooling and normalisation itself; its output
@@ -20,12 +22,14 @@ pub mod dist;
 mod error;
 mod files;
 mod onnx;
+mod openai;
 mod pool;
 mod tokenize;
 
 pub use error::EmbedError;
 pub use files::ModelFiles;
 pub use onnx::OnnxEmbedder;
+pub use openai::{OpenAiConfig, OpenAiEmbedder};
 
 /// Output dimension of all-MiniLM-L6-v2.
 pub const DIM: usize = 384;

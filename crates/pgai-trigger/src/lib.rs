@@ -23,6 +23,9 @@
 //! the validated settings, [`db`] opens connections, [`backoff`] paces reconnects, [`breaker`] backs the pipeline off a failing provider,
 //! [`cluster`] manages the embedded PostgreSQL of `up` and the tests, and [`testkit`] gives
 //! each test a database on one shared cluster.
+//!
+//! For users: [`settings`] loads the YAML file and environment into a [`Config`], and [`store`]
+//! is the library API (add / get / search / delete, stats, health) behind the CLI and HTTP.
 
 pub mod backoff;
 pub mod breaker;
@@ -38,6 +41,8 @@ pub mod listener;
 pub mod monitor;
 pub mod pipeline;
 pub mod schema;
+pub mod settings;
+pub mod store;
 pub mod testkit;
 pub mod writeback;
 

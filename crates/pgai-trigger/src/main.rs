@@ -1,21 +1,33 @@
-//! The `pgai-trigger` binary: the CLI edge. Library errors become one line on stderr and a
-//! non-zero exit.
+//! The `pgai-trigger` binary: the CLI edge. Settings come from the YAML file, then the
+//! environment, then flags; library errors become one line on stderr and a non-zero exit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pgai_trigger::cluster::{Cluster, ClusterConfig, Started};
 use pgai_trigger::schema::{self, Table};
-use pgai_trigger::{Config, Daemon, EmbedService};
+use pgai_trigger::settings::Settings;
+
+mod cli {
+    pub mod ops;
+    pub mod run;
+}
 
 /// pgai-trigger: PostgreSQL rows get their vector embeddings within milliseconds of commit.
+///
+/// Settings are read from a YAML file (--config, $PGAI_CONFIG, else ./pgai-trigger.yaml or
+/// /etc/pgai-trigger/config.yaml when present), then environment variables, then flags; each
+/// overrides the one before. Commands that print data print JSON on stdout.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
+    /// YAML configuration file (keys: database.{url, table, pgai.*}, http.*, embedding.*;
+    /// see the README). An unknown key or a wrong type is refused.
+    #[arg(long, global = true, env = "PGAI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,13 +37,43 @@ enum Command {
     /// Start an embedded PostgreSQL with pgvector, apply the schema and run the daemon in the
     /// foreground. Prints DATABASE_URL=… and HTTP=… lines. Ctrl-C / SIGTERM stops both.
     Up(UpArgs),
-    /// Run the daemon against an existing PostgreSQL (with pgvector and `db init` applied).
+    /// Run the daemon (and the HTTP API) against an existing PostgreSQL with pgvector and
+    /// `db init` applied.
     Serve(ServeArgs),
     /// Schema management.
     Db {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Insert a row (or update the row with that id). Prints {"id", "status"}; with --wait,
+    /// the embedded row once its vector is written.
+    Add(cli::ops::AddArgs),
+    /// The rows nearest to QUERY by cosine distance, best first, as JSON. Embeds the query
+    /// in-process with the configured model.
+    Search(cli::ops::SearchArgs),
+    /// Processing stats from the database, as JSON: counts by status, queue depth, oldest
+    /// pending age, latency P50/P95/P99 (commit → vector), throughput per minute, retries.
+    Stats(ConnArgs),
+    /// Health as JSON (database, schema, daemons connected, queue age). Exits 1 when unhealthy.
+    Health(ConnArgs),
+    /// Move rows marked failed back to pending with a fresh attempt count and wake the daemons.
+    /// Prints {"retried": N}.
+    RetryFailed(ConnArgs),
+    /// Embed every pending row now, in this process, with a progress bar (rows, rate, ETA) on
+    /// stderr; prints a JSON summary. Runs alongside any daemons safely.
+    Backfill(cli::ops::BackfillArgs),
+}
+
+/// How to reach the database; every command that talks to one takes these.
+#[derive(Args, Clone, Default)]
+pub struct ConnArgs {
+    /// PostgreSQL connection URL, e.g. postgresql://user:pass@host:5432/db. Also database.url
+    /// in the config file. The password is never printed.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Table holding the texts and their embeddings [default: m0_episodic].
+    #[arg(long, env = "PGAI_TABLE")]
+    pub table: Option<String>,
 }
 
 #[derive(Args)]
@@ -45,68 +87,95 @@ struct UpArgs {
     /// Database to create in the embedded cluster.
     #[arg(long, default_value = "pgai")]
     database: String,
+    /// Table to keep embedded [default: m0_episodic].
+    #[arg(long, env = "PGAI_TABLE")]
+    table: Option<String>,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
 
 #[derive(Args)]
 struct ServeArgs {
-    /// PostgreSQL connection URL, e.g. postgresql://user:pass@host:5432/db.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    conn: ConnArgs,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
 
-#[derive(Args, Clone)]
-struct DaemonArgs {
-    /// HTTP address for /healthz, /readyz and /v1/stats. Loopback by default.
-    #[arg(long, env = "PGAI_HTTP", default_value = "127.0.0.1:8760")]
-    http: SocketAddr,
-    /// Table to keep embedded.
-    #[arg(long, env = "PGAI_TABLE", default_value = schema::DEFAULT_TABLE)]
-    table: String,
-    /// Poll only, no LISTEN (for PgBouncer in transaction mode). Same results, slower pickup.
+/// Daemon flags. Each overrides its environment variable and the config file.
+#[derive(Args, Clone, Default)]
+pub struct DaemonArgs {
+    /// HTTP address of the API and /metrics (config: http.address) [default: 127.0.0.1:8760].
+    /// A bearer token comes from PGAI_HTTP_TOKEN or http.token only (never a flag: argv is public).
+    #[arg(long, env = "PGAI_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Poll only, no LISTEN (for PgBouncer in transaction mode): same results, pickup within one
+    /// poll interval (config: database.pgai.immediate_trigger: false).
     #[arg(long, env = "PGAI_POLLING")]
-    polling: bool,
-    /// Fallback poll interval in milliseconds: a lost notification costs at most this long.
-    #[arg(long, env = "PGAI_POLL_INTERVAL_MS", default_value_t = 1000)]
-    poll_interval_ms: u64,
-    /// Most rows per claim and model batch.
-    #[arg(long, env = "PGAI_BATCH_SIZE", default_value_t = 32)]
-    batch_size: usize,
-    /// Claim lease in seconds; a crashed daemon's rows are taken over after it.
-    #[arg(long, env = "PGAI_LEASE_SECS", default_value_t = 30)]
-    lease_secs: u64,
-    /// Attempts before a row is marked failed.
-    #[arg(long, env = "PGAI_MAX_RETRIES", default_value_t = 3)]
-    max_retries: i32,
-    /// Base retry backoff in seconds (doubles per attempt).
-    #[arg(long, env = "PGAI_RETRY_INTERVAL", default_value_t = 5.0)]
-    retry_interval: f64,
-    /// Model threads (default: all cores).
-    #[arg(long, env = "PGAI_THREADS")]
-    threads: Option<usize>,
+    pub polling: bool,
+    /// Fallback poll interval in milliseconds: a lost notification costs at most this long
+    /// [default: 1000].
+    #[arg(long, env = "PGAI_POLL_INTERVAL_MS", value_name = "MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Most rows per claim and model batch [default: 32].
+    #[arg(long, env = "PGAI_BATCH_SIZE", value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Claim lease in seconds; a crashed daemon's rows are taken over after it [default: 30].
+    #[arg(long, env = "PGAI_LEASE_SECS", value_name = "SECS")]
+    pub lease_secs: Option<u64>,
+    /// Attempts before a row is marked failed [default: 3].
+    #[arg(long, env = "PGAI_MAX_RETRIES", value_name = "N")]
+    pub max_retries: Option<i32>,
+    /// Base retry backoff in seconds, doubling per attempt [default: 5.0].
+    #[arg(long, env = "PGAI_RETRY_INTERVAL", value_name = "SECS")]
+    pub retry_interval: Option<f64>,
+    /// Model threads (config: database.pgai.worker_count) [default: all cores].
+    #[arg(long, visible_alias = "worker-count", env = "PGAI_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl DaemonArgs {
+    fn apply(&self, s: &mut Settings) {
+        let p = &mut s.database.pgai;
+        if self.polling {
+            p.immediate_trigger = false;
+        }
+        set(&mut p.poll_interval_ms, self.poll_interval_ms);
+        set(&mut p.batch_size, self.batch_size);
+        set(&mut p.lease_secs, self.lease_secs);
+        set(&mut p.max_retries, self.max_retries);
+        set(&mut p.retry_interval, self.retry_interval);
+        if self.threads.is_some() {
+            p.worker_count = self.threads;
+        }
+        set(&mut s.http.address, self.http);
+    }
+}
+
+impl ConnArgs {
+    fn apply(&self, s: &mut Settings) {
+        if self.database_url.is_some() {
+            s.database.url = self.database_url.clone();
+        }
+        set(&mut s.database.table, self.table.clone());
+    }
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
 }
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Create the extension, table, indexes and triggers that are missing (idempotent).
-    Init(DbArgs),
+    /// Create the extension, table, indexes and triggers that are missing (idempotent). Run as
+    /// the table's owner.
+    Init(ConnArgs),
     /// Drop the table (all rows!) and create it again.
-    Recreate(DbArgs),
+    Recreate(ConnArgs),
     /// Print what is there, as JSON.
-    Status(DbArgs),
-}
-
-#[derive(Args)]
-struct DbArgs {
-    /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// Table to manage.
-    #[arg(long, env = "PGAI_TABLE", default_value = schema::DEFAULT_TABLE)]
-    table: String,
+    Status(ConnArgs),
 }
 
 fn main() -> ExitCode {
@@ -150,50 +219,27 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up(args) => up(args).await,
-        Command::Serve(args) => serve(args.database_url, args.daemon).await,
-        Command::Db { command } => db(command).await,
+        Command::Up(args) => up(args, settings).await,
+        Command::Serve(args) => {
+            args.conn.apply(&mut settings);
+            args.daemon.apply(&mut settings);
+            cli::run::serve(settings).await
+        }
+        Command::Db { command } => db(command, settings).await,
+        Command::Add(a) => cli::ops::add(a, settings).await,
+        Command::Search(a) => cli::ops::search(a, settings).await,
+        Command::Stats(c) => cli::ops::stats(c, settings).await,
+        Command::Health(c) => cli::ops::health(c, settings).await,
+        Command::RetryFailed(c) => cli::ops::retry_failed(c, settings).await,
+        Command::Backfill(a) => cli::ops::backfill(a, settings).await,
     }
 }
 
-impl DaemonArgs {
-    fn config(&self, database_url: String) -> Result<Config> {
-        let mut c = Config::new(database_url);
-        c.table = Table::new(&self.table)?;
-        c.immediate_trigger = !self.polling;
-        c.poll_interval = Duration::from_millis(self.poll_interval_ms);
-        c.batch_size = self.batch_size;
-        c.lease = Duration::from_secs(self.lease_secs);
-        c.max_retries = self.max_retries;
-        c.retry_interval = Duration::from_secs_f64(self.retry_interval.max(0.0));
-        c.validate()?;
-        Ok(c)
-    }
-
-    fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-    }
-}
-
-async fn serve(database_url: String, args: DaemonArgs) -> Result<()> {
-    let config = args.config(database_url)?;
-    let embed = EmbedService::start_default(args.threads()).await?;
-    let daemon = Daemon::start(config, embed).await?;
-    let stop = daemon.shutdown_token();
-    let router = pgai_trigger::http::router(daemon.monitor.clone(), daemon.config().immediate_trigger);
-    let (addr, http_task) = pgai_trigger::http::serve(args.http, router, stop.clone())
-        .await
-        .with_context(|| format!("cannot bind HTTP address {}", args.http))?;
-    println!("HTTP=http://{addr}");
-    daemon.run_until(shutdown_signal()).await;
-    stop.cancel();
-    let _ = http_task.await;
-    Ok(())
-}
-
-async fn up(args: UpArgs) -> Result<()> {
+async fn up(args: UpArgs, mut settings: Settings) -> Result<()> {
+    args.daemon.apply(&mut settings);
+    set(&mut settings.database.table, args.table.clone());
     let data_dir = args.data_dir.clone().unwrap_or_else(|| pgai_embed::dist::home().join("data"));
     let cfg = ClusterConfig {
         pg_dir: ClusterConfig::default_pg_dir(),
@@ -213,16 +259,16 @@ async fn up(args: UpArgs) -> Result<()> {
         Ok(cluster)
     })
     .await??;
-    let result = up_with(&cluster, &args).await;
+    let result = up_with(&cluster, &args, settings).await;
     let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result?;
     stopped?;
     Ok(())
 }
 
-async fn up_with(cluster: &Cluster, args: &UpArgs) -> Result<()> {
+async fn up_with(cluster: &Cluster, args: &UpArgs, mut settings: Settings) -> Result<()> {
     schema::validate_identifier(&args.database).context("--database")?;
-    let (admin, _task) = pgai_trigger::db::connect(&cluster.url("postgres"), "pgai-trigger up").await?;
+    let (admin, _task) = pgai_trigger::db::connect(&cluster.url("postgres"), "pgai-trigger-client up").await?;
     let exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&args.database])
         .await?
@@ -232,29 +278,32 @@ async fn up_with(cluster: &Cluster, args: &UpArgs) -> Result<()> {
     }
     drop(admin);
     let url = cluster.url(&args.database);
-    let (client, _task) = pgai_trigger::db::connect(&url, "pgai-trigger up").await?;
-    let table = Table::new(&args.daemon.table)?;
+    let (client, _task) = pgai_trigger::db::connect(&url, "pgai-trigger-client up").await?;
+    let table = settings.table()?;
     schema::init(&client, &table, pgai_embed::DIM).await?;
     drop(client);
     println!("DATABASE_URL={url}");
-    serve(url, args.daemon.clone()).await
+    settings.database.url = Some(url);
+    cli::run::serve(settings).await
 }
 
-async fn db(cmd: DbCommand) -> Result<()> {
+async fn db(cmd: DbCommand, mut settings: Settings) -> Result<()> {
     let (args, action) = match &cmd {
         DbCommand::Init(a) => (a, "init"),
         DbCommand::Recreate(a) => (a, "recreate"),
         DbCommand::Status(a) => (a, "status"),
     };
-    let table = Table::new(&args.table)?;
-    let (client, _task) = pgai_trigger::db::connect(&args.database_url, "pgai-trigger db").await?;
+    args.apply(&mut settings);
+    let table: Table = settings.table()?;
+    let (client, _task) = pgai_trigger::db::connect(settings.database_url()?, "pgai-trigger-client db").await?;
+    let dim = settings.embedding.dimensions.unwrap_or(pgai_embed::DIM);
     match action {
         "init" => {
-            schema::init(&client, &table, pgai_embed::DIM).await?;
+            schema::init(&client, &table, dim).await?;
             println!("schema ready: table {}", table.name());
         }
         "recreate" => {
-            schema::recreate(&client, &table, pgai_embed::DIM).await?;
+            schema::recreate(&client, &table, dim).await?;
             println!("schema recreated: table {}", table.name());
         }
         _ => {
@@ -264,21 +313,3 @@ async fn db(cmd: DbCommand) -> Result<()> {
     }
     Ok(())
 }
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    eprintln!("stopping");
-}
-
