@@ -441,3 +441,23 @@ async fn metrics_reflect_the_pipeline() {
     assert!(text.contains("\npgai_listener_connected 1\n"), "{text}");
     daemon.stop().await;
 }
+
+/// The daemon needs no more than SELECT and UPDATE on the table: schema changes are `db init`'s,
+/// done by the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_only_select_and_update_is_enough() {
+    let (url, db) = schema_db("least_privilege").await;
+    let role = format!("app_{}", std::process::id());
+    db.batch_execute(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; END $$;
+         GRANT SELECT, UPDATE ON m0_episodic TO {role};"
+    ))
+    .await
+    .unwrap();
+    let app_url = url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(app_url, url);
+    let daemon = Daemon::start(Config::new(&app_url), model().await).await.expect("daemon as the app role");
+    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('lp', 'least privilege')", &[]).await.unwrap();
+    assert_vector_matches_content(&db, "lp").await;
+    daemon.stop().await;
+}
