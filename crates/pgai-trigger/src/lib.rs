@@ -23,11 +23,13 @@
 //! the validated settings, [`db`] opens connections, [`backoff`] paces reconnects, [`breaker`] backs the pipeline off a failing provider,
 //! [`cluster`] manages the embedded PostgreSQL of `up` and the tests, and [`testkit`] gives
 //! each test a database on one shared cluster.
+//! [`bench`] is `pgai-trigger bench`: latency, throughput and where a row's time goes.
 //!
 //! For users: [`settings`] loads the YAML file and environment into a [`Config`], and [`store`]
 //! is the library API (add / get / search / delete, stats, health) behind the CLI and HTTP.
 
 pub mod backoff;
+pub mod bench;
 pub mod breaker;
 pub mod claim;
 pub mod cluster;
