@@ -62,6 +62,9 @@ enum Command {
     /// Embed every pending row now, in this process, with a progress bar (rows, rate, ETA) on
     /// stderr; prints a JSON summary. Runs alongside any daemons safely.
     Backfill(cli::ops::BackfillArgs),
+    /// The benchmark: commit → vector latency in immediate and polling mode, burst throughput,
+    /// and the model's raw speed, in one run.
+    Bench(pgai_trigger::bench::BenchArgs),
 }
 
 /// How to reach the database; every command that talks to one takes these.
@@ -234,6 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Health(c) => cli::ops::health(c, settings).await,
         Command::RetryFailed(c) => cli::ops::retry_failed(c, settings).await,
         Command::Backfill(a) => cli::ops::backfill(a, settings).await,
+        Command::Bench(a) => pgai_trigger::bench::run(a).await,
     }
 }
 
