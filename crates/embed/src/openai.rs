@@ -84,7 +84,7 @@ impl OpenAiEmbedder {
             .timeout(config.timeout)
             .build();
         let endpoint = config.endpoint();
-        let mut e = OpenAiEmbedder { agent, endpoint, dim: config.dimensions.unwrap_or(0), config };
+        let mut e = OpenAiEmbedder { agent, endpoint, dim: 0, config };
         let probe = e.request(&["dimension probe"])?;
         let got = probe[0].len();
         if let Some(want) = e.config.dimensions {
