@@ -61,9 +61,15 @@ async fn store(conn: &ConnArgs, mut settings: Settings) -> Result<Store> {
     Ok(StoreFactory::create(&settings).await?)
 }
 
+/// Pretty JSON on stdout; a reader that went away (`| head`) is not an error.
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)?;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn parse_object(flag: &str, text: &str) -> Result<serde_json::Value> {
