@@ -19,6 +19,7 @@
 //! - `input`       — bad payloads (4), delete before claim (5), huge and odd content.
 //! - `interleave`  — update while embedding (6), expired holder, lease renewal.
 //! - `provider`    — failing provider (8), panicking text, provider-wide backoff, `retry-failed`.
+//! - `proxy`       — silently dead (black-holed) connections, through a TCP proxy.
 //! - `load`        — 20,000-row burst with single inserts arriving (10).
 
 #[path = "faults/support.rs"]
@@ -38,6 +39,9 @@ mod interleave;
 
 #[path = "faults/provider.rs"]
 mod provider;
+
+#[path = "faults/proxy.rs"]
+mod proxy;
 
 #[path = "faults/load.rs"]
 mod load;

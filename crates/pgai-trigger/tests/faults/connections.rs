@@ -173,7 +173,14 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
     cfg.poll_interval = Duration::from_millis(500);
     let listener = format!("pgai-trigger {} listener", cfg.worker_id);
     let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
-    let old = wait_for("the listener session", DEADLINE, || async { backends(&db, &listener).await.first().copied() }).await;
+    // Frozen once it listens (a freeze during LISTEN itself is `proxy::listener_hung_at_listen`).
+    let old = wait_for("the listener to listen", DEADLINE, || async {
+        if !daemon.monitor.snapshot().listener_connected {
+            return None;
+        }
+        backends(&db, &listener).await.first().copied()
+    })
+    .await;
     // SAFETY: signals a PostgreSQL backend process of our own test cluster.
     assert_eq!(unsafe { libc::kill(old, libc::SIGSTOP) }, 0);
     let _thaw = Thaw(old);
@@ -190,10 +197,33 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
         .await;
         pickups.push(t.elapsed());
     }
-    let reconnected = wait_for("the listener to reconnect on its own", Duration::from_secs(45), || async {
-        backends(&db, &listener).await.into_iter().any(|p| p != old).then(|| frozen.elapsed())
-    })
-    .await;
+    // The probe goes unanswered: degraded first, then a new connection.
+    let degraded = std::sync::Mutex::new(None);
+    let reconnected = loop {
+        let d = daemon.monitor.snapshot();
+        if degraded.lock().unwrap().is_none() && d.listener_degraded {
+            *degraded.lock().unwrap() = Some(frozen.elapsed());
+        }
+        if backends(&db, &listener).await.into_iter().any(|p| p != old) {
+            break frozen.elapsed();
+        }
+        if frozen.elapsed() > Duration::from_secs(45) {
+            let sessions: Vec<String> = db
+                .query(
+                    "SELECT pid || ' ' || application_name || ' ' || state || ' ' || coalesce(wait_event, '-') || ' ' || left(query, 60)
+                       FROM pg_stat_activity WHERE application_name LIKE 'pgai-trigger%' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!("the listener never reconnected in 45 s (frozen backend {old}); sessions {sessions:?}; daemon {d:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let degraded_at = degraded.into_inner().unwrap();
     drop(_thaw);
     let t = Instant::now();
     insert(&db, "after", "inserted once the listener is back").await;
@@ -207,8 +237,9 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
         &st,
         Some(reconnected),
         &format!(
-            "pickup while frozen: {:?} ms (poll 500 ms); listener replaced after {:.1} s; pickup after: {} ms",
+            "pickup while frozen: {:?} ms (poll 500 ms); degraded after {:?}; listener replaced after {:.1} s; pickup after: {} ms",
             pickups.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+            degraded_at,
             reconnected.as_secs_f64(),
             after.as_millis()
         ),

@@ -312,3 +312,41 @@ async fn s09_sigstop_never_blocks_client_commits() {
     st.assert_clean(&[]);
     assert_eq!(pending_while_frozen, n + 500, "a frozen daemon claims nothing");
 }
+
+/// RELIABILITY 5: SIGTERM mid-batch finishes or releases the daemon's claims at once: nothing
+/// is left for a successor to wait out (the lease here is the default 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_no_claims_behind() {
+    let (url, db) = scenario_db("sigterm").await;
+    let dir = TestDir::new("sigterm");
+    db.batch_execute(
+        "INSERT INTO m0_episodic (id, content)
+         SELECT 'g' || g, 'a row for a graceful stop, number ' || g FROM generate_series(1, 400) g",
+    )
+    .await
+    .unwrap();
+    let mut first = Child::spawn(&url, &[], dir.path(), "first");
+    wait_for("the daemon to hold claims after some writes", DEADLINE, || async {
+        (count(&db, "SELECT count(*) FROM fault_writes").await >= 20 && !claimed_by(&db, &first).await.is_empty())
+            .then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    let status = first.terminate_gracefully(Duration::from_secs(15));
+    let stop_took = stopping.elapsed();
+    let left = claimed_by(&db, &first).await;
+    let second = Child::spawn(&url, &[], dir.path(), "second");
+    let t = Instant::now();
+    wait_drained(&db, Duration::from_secs(25)).await;
+    let st = end_state(&db).await;
+    report(
+        "5 SIGTERM mid-batch, successor (lease 30 s)",
+        &st,
+        Some(t.elapsed()),
+        &format!("stopped in {:.2} s ({status}); {} claims left behind", stop_took.as_secs_f64(), left.len()),
+    );
+    st.assert_clean(&[]);
+    assert!(status.success(), "{status}:\n{}", first.log_tail());
+    assert!(left.is_empty(), "claims left behind by a graceful stop: {left:?}");
+    drop(second);
+}

@@ -514,6 +514,19 @@ impl Child {
         let _ = self.proc.wait();
     }
 
+    /// SIGTERM, then waits up to `within` for the process to exit; panics if it does not.
+    pub fn terminate_gracefully(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.proc.try_wait().expect("waiting for the daemon") {
+                return status;
+            }
+            assert!(t.elapsed() < within, "no exit within {within:?} of SIGTERM:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn stop_signal(&self) {
         self.signal(libc::SIGSTOP);
     }
