@@ -14,14 +14,21 @@ use crate::support::*;
 static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn worker_id(label: &str) -> String {
-    format!("faults-{label}-{}-{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+    format!(
+        "faults-{label}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
 }
 
 /// Waits until a write commits after `since`; returns how long after `since` it did.
 async fn next_write_after(db: &Client, since: Instant, since_db: f64) -> Duration {
     wait_for("a write after the fault", DEADLINE, || async {
         let n: i64 = db
-            .query_one("SELECT count(*) FROM fault_writes WHERE extract(epoch FROM at)::float8 > $1", &[&since_db])
+            .query_one(
+                "SELECT count(*) FROM fault_writes WHERE extract(epoch FROM at)::float8 > $1",
+                &[&since_db],
+            )
             .await
             .expect("fault_writes")
             .get(0);
@@ -31,7 +38,10 @@ async fn next_write_after(db: &Client, since: Instant, since_db: f64) -> Duratio
 }
 
 async fn db_now(db: &Client) -> f64 {
-    db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).await.unwrap().get(0)
+    db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Scenario 2: the listener's and the worker's sessions are terminated, several times, while
@@ -43,26 +53,39 @@ async fn s02_terminate_listener_and_working_connections() {
     cfg.worker_id = worker_id("term");
     let listener = format!("pgai-trigger {} listener", cfg.worker_id);
     let working = format!("pgai-trigger {}", cfg.worker_id);
-    let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
+    let daemon = Daemon::start(cfg, model().await)
+        .await
+        .expect("daemon start");
     let stream = Stream::start(&url, "x", Duration::from_millis(10), 8);
     let mut worst = Duration::ZERO;
     let mut killed = 0;
     for round in 0..3 {
-        for (what, like) in [("listener", &listener), ("working", &working), ("all", &format!("{working}%"))] {
+        for (what, like) in [
+            ("listener", &listener),
+            ("working", &working),
+            ("all", &format!("{working}%")),
+        ] {
             // Kill only while the daemon is connected and busy.
             let before = count(&db, "SELECT count(*) FROM fault_writes").await;
-            wait_for(&format!("round {round}: progress before killing the {what} sessions"), DEADLINE, || async {
-                (count(&db, "SELECT count(*) FROM fault_writes").await >= before + 10 && !backends(&db, like).await.is_empty())
+            wait_for(
+                &format!("round {round}: progress before killing the {what} sessions"),
+                DEADLINE,
+                || async {
+                    (count(&db, "SELECT count(*) FROM fault_writes").await >= before + 10
+                        && !backends(&db, like).await.is_empty())
                     .then_some(())
-            })
+                },
+            )
             .await;
             let since_db = db_now(&db).await;
             let since = Instant::now();
             killed += terminate(&db, like).await;
             worst = worst.max(next_write_after(&db, since, since_db).await);
-            wait_for(&format!("the {what} sessions to come back"), DEADLINE, || async {
-                (!backends(&db, like).await.is_empty()).then_some(())
-            })
+            wait_for(
+                &format!("the {what} sessions to come back"),
+                DEADLINE,
+                || async { (!backends(&db, like).await.is_empty()).then_some(()) },
+            )
             .await;
         }
     }
@@ -85,7 +108,14 @@ async fn s02_terminate_listener_and_working_connections() {
         ),
     );
     st.assert_clean(&[]);
-    assert_eq!(count(&db, "SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL").await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL"
+        )
+        .await,
+        0
+    );
 }
 
 /// Scenario 3: PostgreSQL restarts (fast, then immediate = crash recovery) on a private
@@ -109,7 +139,9 @@ async fn s03_postgres_restart_while_rows_stream_in() {
     prepare(&url).await;
     let mut cfg = Config::new(&url);
     cfg.worker_id = worker_id("restart");
-    let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
+    let daemon = Daemon::start(cfg, model().await)
+        .await
+        .expect("daemon start");
     let stream = Stream::start(&url, "r", Duration::from_millis(10), 6);
     let mut recover = Vec::new();
     for mode in ["fast", "immediate"] {
@@ -159,7 +191,10 @@ async fn s03_postgres_restart_while_rows_stream_in() {
     );
     st.assert_clean(&[]);
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.stop_immediate()).await.unwrap().expect("stop");
+    tokio::task::spawn_blocking(move || c.stop_immediate())
+        .await
+        .unwrap()
+        .expect("stop");
 }
 
 /// RELIABILITY 3/4: the listener's server process freezes (SIGSTOP): no error, no
@@ -172,7 +207,9 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
     cfg.worker_id = worker_id("frozen");
     cfg.poll_interval = Duration::from_millis(500);
     let listener = format!("pgai-trigger {} listener", cfg.worker_id);
-    let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
+    let daemon = Daemon::start(cfg, model().await)
+        .await
+        .expect("daemon start");
     // Frozen once it listens (a freeze during LISTEN itself is `proxy::listener_hung_at_listen`).
     let old = wait_for("the listener to listen", DEADLINE, || async {
         if !daemon.monitor.snapshot().listener_connected {
@@ -189,9 +226,21 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
     for i in 0..5 {
         let id = format!("z{i}");
         let t = Instant::now();
-        insert(&db, &id, &format!("inserted while the listener is frozen, {i}")).await;
+        insert(
+            &db,
+            &id,
+            &format!("inserted while the listener is frozen, {i}"),
+        )
+        .await;
         wait_for(&format!("row {id}"), DEADLINE, || async {
-            (count(&db, &format!("SELECT count(*) FROM m0_episodic WHERE id = '{id}' AND NOT needs_embedding")).await == 1)
+            (count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM m0_episodic WHERE id = '{id}' AND NOT needs_embedding"
+                ),
+            )
+            .await
+                == 1)
                 .then_some(())
         })
         .await;
@@ -245,7 +294,10 @@ async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
         ),
     );
     st.assert_clean(&[]);
-    assert!(slowest < Duration::from_millis(2500), "a lost notification cost {slowest:?}, more than a poll interval (+2 s slack)");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a lost notification cost {slowest:?}, more than a poll interval (+2 s slack)"
+    );
 }
 
 /// Continues a stopped backend when dropped (also when the test fails), so the cluster can

@@ -23,7 +23,9 @@ async fn s04_garbage_payloads_on_the_channel() {
     )
     .await
     .unwrap();
-    let daemon = Daemon::start(Config::new(&url), model().await).await.expect("daemon start");
+    let daemon = Daemon::start(Config::new(&url), model().await)
+        .await
+        .expect("daemon start");
     let mut payloads: Vec<String> = vec![
         String::new(),
         " ".into(),
@@ -44,17 +46,34 @@ async fn s04_garbage_payloads_on_the_channel() {
     }
     let mut real = 0;
     for (i, p) in payloads.iter().enumerate() {
-        db.execute("SELECT pg_notify('embedding_needed', $1)", &[p]).await.unwrap_or_else(|e| panic!("notify {i}: {e}"));
+        db.execute("SELECT pg_notify('embedding_needed', $1)", &[p])
+            .await
+            .unwrap_or_else(|e| panic!("notify {i}: {e}"));
         if i % 10 == 0 {
-            insert(&db, &format!("g{i}"), &format!("a real row among the garbage, {i}")).await;
+            insert(
+                &db,
+                &format!("g{i}"),
+                &format!("a real row among the garbage, {i}"),
+            )
+            .await;
             real += 1;
         }
     }
     // 8000 bytes and more: the server refuses the NOTIFY itself; nothing reaches the daemon.
-    let too_long = db.execute("SELECT pg_notify('embedding_needed', $1)", &[&"y".repeat(8000)]).await;
-    assert!(too_long.is_err(), "PostgreSQL refuses payloads of 8000 bytes");
+    let too_long = db
+        .execute(
+            "SELECT pg_notify('embedding_needed', $1)",
+            &[&"y".repeat(8000)],
+        )
+        .await;
+    assert!(
+        too_long.is_err(),
+        "PostgreSQL refuses payloads of 8000 bytes"
+    );
     // A NOTIFY in a rolled-back transaction is never delivered.
-    db.batch_execute("BEGIN; SELECT pg_notify('embedding_needed', 'rolled-back'); ROLLBACK;").await.unwrap();
+    db.batch_execute("BEGIN; SELECT pg_notify('embedding_needed', 'rolled-back'); ROLLBACK;")
+        .await
+        .unwrap();
     let t = Instant::now();
     insert(&db, "last", "the row after all the garbage").await;
     wait_drained_except(&db, DEADLINE, &["later"]).await;
@@ -67,12 +86,20 @@ async fn s04_garbage_payloads_on_the_channel() {
         (r.get(0), r.get(1), r.get(2))
     };
     let dead: (String, i32) = {
-        let r = db.query_one("SELECT retry_status, retry_count FROM m0_episodic WHERE id = 'dead'", &[]).await.unwrap();
+        let r = db
+            .query_one(
+                "SELECT retry_status, retry_count FROM m0_episodic WHERE id = 'dead'",
+                &[],
+            )
+            .await
+            .unwrap();
         (r.get(0), r.get(1))
     };
     let snap = daemon.monitor.snapshot();
     daemon.stop().await;
-    db.execute("DELETE FROM m0_episodic WHERE id = 'later'", &[]).await.unwrap();
+    db.execute("DELETE FROM m0_episodic WHERE id = 'later'", &[])
+        .await
+        .unwrap();
     let st = end_state(&db).await;
     report(
         "4 garbage/empty/forged/7999-byte payloads",
@@ -86,9 +113,20 @@ async fn s04_garbage_payloads_on_the_channel() {
         ),
     );
     st.assert_clean(&["dead"]);
-    assert_eq!(later, (true, true, 1), "a hint must not claim a row before its next_attempt_at");
-    assert_eq!(dead, ("failed".to_string(), 3), "a hint must not revive a failed row");
-    assert_eq!(snap.reconnects, 0, "garbage on the channel must not cost a reconnect");
+    assert_eq!(
+        later,
+        (true, true, 1),
+        "a hint must not claim a row before its next_attempt_at"
+    );
+    assert_eq!(
+        dead,
+        ("failed".to_string(), 3),
+        "a hint must not revive a failed row"
+    );
+    assert_eq!(
+        snap.reconnects, 0,
+        "garbage on the channel must not cost a reconnect"
+    );
 }
 
 /// Scenario 5: rows deleted between their notification and their claim (the model is held on
@@ -103,29 +141,47 @@ async fn s05_rows_deleted_between_notification_and_claim() {
     let mut cfg = Config::new(&url);
     cfg.batch_size = 1;
     let daemon = Daemon::start(cfg, service).await.expect("daemon start");
-    insert(&db, "gate", "GATE: held in the model while others are deleted").await;
+    insert(
+        &db,
+        "gate",
+        "GATE: held in the model while others are deleted",
+    )
+    .await;
     gate.started().await;
     let (mut before_claim, mut after_claim, mut most_claimed) = (0, 0, 0);
     for i in 0..40 {
         let id = format!("d{i}");
         insert(&db, &id, &format!("short-lived row {i}")).await;
         let unclaimed = db
-            .query_opt("DELETE FROM m0_episodic WHERE id = $1 AND claimed_by IS NULL RETURNING id", &[&id])
+            .query_opt(
+                "DELETE FROM m0_episodic WHERE id = $1 AND claimed_by IS NULL RETURNING id",
+                &[&id],
+            )
             .await
             .unwrap()
             .is_some();
         if unclaimed {
             before_claim += 1;
         } else {
-            db.execute("DELETE FROM m0_episodic WHERE id = $1", &[&id]).await.unwrap();
+            db.execute("DELETE FROM m0_episodic WHERE id = $1", &[&id])
+                .await
+                .unwrap();
             after_claim += 1;
         }
-        most_claimed = most_claimed.max(count(&db, "SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL").await);
+        most_claimed = most_claimed.max(
+            count(
+                &db,
+                "SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL",
+            )
+            .await,
+        );
         // Rows that stay, so the daemon has real work after the gate opens.
         insert(&db, &format!("k{i}"), &format!("a row that stays, {i}")).await;
     }
     // The gated row itself goes while the model holds it: its write-back must match nothing.
-    db.execute("DELETE FROM m0_episodic WHERE id = 'gate'", &[]).await.unwrap();
+    db.execute("DELETE FROM m0_episodic WHERE id = 'gate'", &[])
+        .await
+        .unwrap();
     let released = Instant::now();
     gate.release();
     wait_drained(&db, DEADLINE).await;
@@ -144,9 +200,18 @@ async fn s05_rows_deleted_between_notification_and_claim() {
     );
     st.assert_clean(&[]);
     assert_eq!(st.rows, 40);
-    assert!(before_claim >= 20, "a held model must stop the claims: only {before_claim} of 40 rows were still unclaimed");
-    assert!(most_claimed <= 8, "{most_claimed} rows claimed with the model held (batch size 1)");
-    assert!(snap.last_error.is_none_or(|e| !e.contains("gate")), "no error for a deleted row");
+    assert!(
+        before_claim >= 20,
+        "a held model must stop the claims: only {before_claim} of 40 rows were still unclaimed"
+    );
+    assert!(
+        most_claimed <= 8,
+        "{most_claimed} rows claimed with the model held (batch size 1)"
+    );
+    assert!(
+        snap.last_error.is_none_or(|e| !e.contains("gate")),
+        "no error for a deleted row"
+    );
 }
 
 /// RELIABILITY 8: content far past the model's 256 word pieces, and odd Unicode, is embedded
@@ -154,7 +219,9 @@ async fn s05_rows_deleted_between_notification_and_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_odd_unicode_content_is_embedded() {
     let (url, db) = scenario_db("odd").await;
-    let daemon = Daemon::start(Config::new(&url), model().await).await.expect("daemon start");
+    let daemon = Daemon::start(Config::new(&url), model().await)
+        .await
+        .expect("daemon start");
     let cases: Vec<(&str, String)> = vec![
         ("huge_words", "memory ".repeat(30_000)),
         ("huge_one_token_run", "a".repeat(50_000)),
@@ -162,16 +229,28 @@ async fn huge_and_odd_unicode_content_is_embedded() {
         ("huge_cjk", "日本語の文章です。".repeat(3_000)),
         ("empty", String::new()),
         ("blank", " \n\t\r ".into()),
-        ("zero_width", "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}".into()),
+        (
+            "zero_width",
+            "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}".into(),
+        ),
         ("bom_text", "\u{FEFF}text after a byte-order mark".into()),
-        ("zalgo", "Z\u{0335}\u{0322}\u{0349}a\u{0337}l\u{0336}g\u{0337}o\u{0338} text".into()),
+        (
+            "zalgo",
+            "Z\u{0335}\u{0322}\u{0349}a\u{0337}l\u{0336}g\u{0337}o\u{0338} text".into(),
+        ),
         ("rtl", "مرحبا بالعالم \u{202E}reversed\u{202C} שלום".into()),
         ("zwj_emoji", "🏳️‍🌈 👨‍👩‍👧‍👦 🧑🏽‍💻".into()),
-        ("controls", "bell\u{7} escape\u{1B}[31m unit\u{1F} delete\u{7F}".into()),
+        (
+            "controls",
+            "bell\u{7} escape\u{1B}[31m unit\u{1F} delete\u{7F}".into(),
+        ),
         ("math_alnum", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕥𝕖𝕩𝕥 𝒷𝑜𝓁𝒹".into()),
         ("replacement", "\u{FFFD}\u{FFFD} broken bytes".into()),
         ("private_use", "\u{E000}\u{F8FF}\u{F0000}".into()),
-        ("newlines", "line one\n\nline two\r\nline three\u{2028}\u{2029}".into()),
+        (
+            "newlines",
+            "line one\n\nline two\r\nline three\u{2028}\u{2029}".into(),
+        ),
         ("sql_ish", "'); DROP TABLE m0_episodic; --".into()),
     ];
     for (id, content) in &cases {
@@ -185,6 +264,11 @@ async fn huge_and_odd_unicode_content_is_embedded() {
     wait_drained(&db, Duration::from_secs(10)).await;
     daemon.stop().await;
     let st = end_state(&db).await;
-    report("8 huge (far past 256 pieces) + odd Unicode", &st, Some(took), &format!("{} odd rows", cases.len()));
+    report(
+        "8 huge (far past 256 pieces) + odd Unicode",
+        &st,
+        Some(took),
+        &format!("{} odd rows", cases.len()),
+    );
     st.assert_clean(&[]);
 }

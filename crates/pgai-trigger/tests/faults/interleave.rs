@@ -11,12 +11,15 @@ use crate::support::*;
 
 /// (version, writer) of every committed write of `id`, in order.
 async fn writes_of(db: &Client, id: &str) -> Vec<(i64, Option<String>)> {
-    db.query("SELECT version, writer FROM fault_writes WHERE id = $1 ORDER BY at", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    db.query(
+        "SELECT version, writer FROM fault_writes WHERE id = $1 ORDER BY at",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 /// Scenario 6: two rows change while the model holds their old content: one to new content,
@@ -27,7 +30,9 @@ async fn s06_content_updated_while_old_content_is_embedded() {
     let (url, db) = scenario_db("update_during").await;
     let (service, hooks) = faulty_model().await;
     let mut gate = hooks.gate("GATE");
-    let daemon = Daemon::start(Config::new(&url), service).await.expect("daemon start");
+    let daemon = Daemon::start(Config::new(&url), service)
+        .await
+        .expect("daemon start");
     db.execute(
         "INSERT INTO m0_episodic (id, content) VALUES ('u1', 'GATE the old text of row one'), ('u2', 'GATE the old text of row two')",
         &[],
@@ -36,15 +41,33 @@ async fn s06_content_updated_while_old_content_is_embedded() {
     .unwrap();
     let held = gate.started().await;
     let claimed: Vec<(String, i64)> = db
-        .query("SELECT id, content_version FROM m0_episodic WHERE claimed_by IS NOT NULL ORDER BY id", &[])
+        .query(
+            "SELECT id, content_version FROM m0_episodic WHERE claimed_by IS NOT NULL ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    db.execute("UPDATE m0_episodic SET content = 'row one now talks about sailing' WHERE id = 'u1'", &[]).await.unwrap();
-    db.execute("UPDATE m0_episodic SET content = 'row two, briefly different' WHERE id = 'u2'", &[]).await.unwrap();
-    db.execute("UPDATE m0_episodic SET content = 'GATE the old text of row two' WHERE id = 'u2'", &[]).await.unwrap();
+    db.execute(
+        "UPDATE m0_episodic SET content = 'row one now talks about sailing' WHERE id = 'u1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE m0_episodic SET content = 'row two, briefly different' WHERE id = 'u2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE m0_episodic SET content = 'GATE the old text of row two' WHERE id = 'u2'",
+        &[],
+    )
+    .await
+    .unwrap();
     let released = Instant::now();
     gate.release();
     wait_drained(&db, DEADLINE).await;
@@ -57,13 +80,32 @@ async fn s06_content_updated_while_old_content_is_embedded() {
         "6 content updated while old one embedded",
         &st,
         Some(took),
-        &format!("model held {} texts; claimed {claimed:?}; writes u1 {w1:?} u2 {w2:?}; {} superseded", held.len(), snap.superseded),
+        &format!(
+            "model held {} texts; claimed {claimed:?}; writes u1 {w1:?} u2 {w2:?}; {} superseded",
+            held.len(),
+            snap.superseded
+        ),
     );
     st.assert_clean(&[]);
-    assert_eq!(claimed.len(), 2, "both rows were claimed at version 1 when the model held them: {claimed:?}");
-    assert_eq!(w1.iter().map(|w| w.0).collect::<Vec<_>>(), [2], "u1: one write, of version 2");
-    assert_eq!(w2.iter().map(|w| w.0).collect::<Vec<_>>(), [3], "u2: one write, of version 3");
-    assert!(snap.superseded >= 2, "the held batch's write-back matched nothing");
+    assert_eq!(
+        claimed.len(),
+        2,
+        "both rows were claimed at version 1 when the model held them: {claimed:?}"
+    );
+    assert_eq!(
+        w1.iter().map(|w| w.0).collect::<Vec<_>>(),
+        [2],
+        "u1: one write, of version 2"
+    );
+    assert_eq!(
+        w2.iter().map(|w| w.0).collect::<Vec<_>>(),
+        [3],
+        "u2: one write, of version 3"
+    );
+    assert!(
+        snap.superseded >= 2,
+        "the held batch's write-back matched nothing"
+    );
 }
 
 /// RELIABILITY 2: a holder whose claim was taken over (its lease lapsed, another worker took the
@@ -96,7 +138,10 @@ async fn expired_holder_cannot_complete_a_reclaimed_row() {
     daemon.stop().await;
     let writes = writes_of(&db, "e").await;
     let claims: Vec<(String, Option<String>)> = db
-        .query("SELECT token, prev_token FROM fault_claims WHERE id = 'e' ORDER BY at", &[])
+        .query(
+            "SELECT token, prev_token FROM fault_claims WHERE id = 'e' ORDER BY at",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -112,8 +157,16 @@ async fn expired_holder_cannot_complete_a_reclaimed_row() {
     st.assert_clean(&[]);
     assert_eq!(writes.len(), 1, "{writes:?}");
     let first_token = &claims[0].0;
-    assert_ne!(writes[0].1.as_ref(), Some(first_token), "the stalled holder's stale claim wrote the row");
-    assert_eq!(claims.last().unwrap().1.as_deref(), Some("thief:1"), "the row was taken over from the thief");
+    assert_ne!(
+        writes[0].1.as_ref(),
+        Some(first_token),
+        "the stalled holder's stale claim wrote the row"
+    );
+    assert_eq!(
+        claims.last().unwrap().1.as_deref(),
+        Some("thief:1"),
+        "the row was taken over from the thief"
+    );
 }
 
 /// RELIABILITY 5: a batch that takes longer than the lease keeps its claim (renews the lease), so
@@ -140,7 +193,9 @@ async fn a_long_batch_renews_its_lease() {
     let mut other_cfg = Config::new(&url);
     other_cfg.lease = Duration::from_secs(1);
     other_cfg.poll_interval = Duration::from_millis(100);
-    let other = Daemon::start(other_cfg, model().await).await.expect("second daemon");
+    let other = Daemon::start(other_cfg, model().await)
+        .await
+        .expect("second daemon");
     let held_for = Instant::now();
     let renewed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -180,7 +235,13 @@ async fn a_long_batch_renews_its_lease() {
     match renewed {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("lease not renewed: {e}"),
-        Err(_) => panic!("lease not renewed: claim still {token} but its expiry never moved past 3 leases"),
+        Err(_) => panic!(
+            "lease not renewed: claim still {token} but its expiry never moved past 3 leases"
+        ),
     }
-    assert_eq!(writes.iter().map(|w| w.1.clone()).collect::<Vec<_>>(), [Some(token)], "written once, by the holder");
+    assert_eq!(
+        writes.iter().map(|w| w.1.clone()).collect::<Vec<_>>(),
+        [Some(token)],
+        "written once, by the holder"
+    );
 }

@@ -16,13 +16,19 @@ async fn s10_burst_of_20000_rows_with_single_inserts_arriving() {
     let (url, db) = scenario_db("burst").await;
     // A model thread of its own, so the other scenarios' daemons do not share it.
     let service = EmbedService::start_default(2).await.expect("model");
-    let daemon = Daemon::start(Config::new(&url), service).await.expect("daemon start");
+    let daemon = Daemon::start(Config::new(&url), service)
+        .await
+        .expect("daemon start");
     let singles = Stream::start(&url, "s", Duration::from_millis(100), 0);
     // Warm up with singles alone, then the burst: 300 distinct texts of everyday length (the
     // daemon embeds every row; the end check embeds each distinct text once).
     wait_drained(&db, DEADLINE).await;
     let started = Instant::now();
-    let burst_at: f64 = db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).await.unwrap().get(0);
+    let burst_at: f64 = db
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
     db.execute(
         "INSERT INTO m0_episodic (id, content)
          SELECT 'b' || g, 'burst memory ' || (g % 300) || ': notes from a meeting about the quarterly plan and its risks'
@@ -33,7 +39,11 @@ async fn s10_burst_of_20000_rows_with_single_inserts_arriving() {
     .expect("burst insert");
     let inserted = started.elapsed();
     let drained = wait_drained(&db, Duration::from_secs(240)).await + inserted;
-    let drain_end: f64 = db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).await.unwrap().get(0);
+    let drain_end: f64 = db
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
     let stats = singles.finish().await;
     wait_drained(&db, DEADLINE).await;
     let during: Vec<f64> = db
@@ -78,5 +88,8 @@ async fn s10_burst_of_20000_rows_with_single_inserts_arriving() {
         ),
     );
     st.assert_clean(&[]);
-    assert!(single.samples > 0, "single inserts arrived during the drain");
+    assert!(
+        single.samples > 0,
+        "single inserts arrived during the drain"
+    );
 }

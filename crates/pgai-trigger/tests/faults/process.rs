@@ -10,12 +10,15 @@ use crate::support::*;
 
 /// Ids claimed by `child` right now.
 async fn claimed_by(db: &Client, child: &Child) -> Vec<String> {
-    db.query("SELECT id FROM m0_episodic WHERE claimed_by LIKE $1", &[&child.token_like()])
-        .await
-        .expect("claimed rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    db.query(
+        "SELECT id FROM m0_episodic WHERE claimed_by LIKE $1",
+        &[&child.token_like()],
+    )
+    .await
+    .expect("claimed rows")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// Kills `child` and waits until its sessions are gone from the server, so no statement of
@@ -29,11 +32,32 @@ async fn kill_and_wait_gone(db: &Client, child: &mut Child) {
     .await;
 }
 
+/// Freezes `child` at a moment it holds claims, then SIGKILLs it: mid-batch for certain.
+/// Returns the rows it left claimed (re-read once its sessions are gone).
+async fn kill_mid_batch(db: &Client, child: &mut Child) -> Vec<String> {
+    for _ in 0..50 {
+        wait_for("the daemon to hold claims", DEADLINE, || async {
+            (!claimed_by(db, child).await.is_empty()).then_some(())
+        })
+        .await;
+        child.stop_signal();
+        if !claimed_by(db, child).await.is_empty() {
+            kill_and_wait_gone(db, child).await;
+            return claimed_by(db, child).await;
+        }
+        child.cont_signal();
+    }
+    panic!("never caught the daemon holding claims");
+}
+
 /// Waits until every row of `ids` has a committed write; returns when.
 async fn wait_written(db: &Client, ids: &[String], deadline: Duration) -> Instant {
     wait_for("the orphaned rows to be written", deadline, || async {
         let n: i64 = db
-            .query_one("SELECT count(DISTINCT id) FROM fault_writes WHERE id = ANY($1)", &[&ids])
+            .query_one(
+                "SELECT count(DISTINCT id) FROM fault_writes WHERE id = ANY($1)",
+                &[&ids],
+            )
             .await
             .expect("fault_writes")
             .get(0);
@@ -52,17 +76,19 @@ async fn s01_sigkill_mid_batch_then_restart() {
     let mut first = Child::spawn(&url, &args, dir.path(), "first");
     first.wait_connected(&db).await;
     let stream = Stream::start(&url, "k", Duration::from_millis(8), 7);
-    wait_for("the daemon to be mid-batch", DEADLINE, || async {
-        let written = count(&db, "SELECT count(*) FROM fault_writes").await;
-        (written >= 40 && !claimed_by(&db, &first).await.is_empty()).then_some(())
+    wait_for("40 rows written", DEADLINE, || async {
+        (count(&db, "SELECT count(*) FROM fault_writes").await >= 40).then_some(())
     })
     .await;
     let killed = Instant::now();
-    kill_and_wait_gone(&db, &mut first).await;
-    let orphaned = claimed_by(&db, &first).await;
+    let orphaned = kill_mid_batch(&db, &mut first).await;
     let mut second = Child::spawn(&url, &args, dir.path(), "second");
     second.wait_connected(&db).await;
-    let recovered = if orphaned.is_empty() { killed } else { wait_written(&db, &orphaned, DEADLINE).await };
+    let recovered = if orphaned.is_empty() {
+        killed
+    } else {
+        wait_written(&db, &orphaned, DEADLINE).await
+    };
     let stats = stream.finish().await;
     wait_drained(&db, DEADLINE).await;
     let st = end_state(&db).await;
@@ -70,10 +96,18 @@ async fn s01_sigkill_mid_batch_then_restart() {
         "1 SIGKILL mid-batch, restart (lease 3 s)",
         &st,
         Some(recovered - killed),
-        &format!("{} inserts, {} updates; {} rows orphaned by the kill", stats.inserts, stats.updates, orphaned.len()),
+        &format!(
+            "{} inserts, {} updates; {} rows orphaned by the kill",
+            stats.inserts,
+            stats.updates,
+            orphaned.len()
+        ),
     );
     st.assert_clean(&[]);
-    assert!(!orphaned.is_empty(), "the kill should have caught claimed rows");
+    assert!(
+        !orphaned.is_empty(),
+        "the kill should have caught claimed rows"
+    );
 }
 
 /// RELIABILITY 5/6: a claim taken over after its holder died counts an attempt on the row.
@@ -89,24 +123,25 @@ async fn crashed_claims_count_an_attempt_on_take_over() {
     .unwrap();
     let args = ["--lease-secs", "2", "--batch-size", "8"];
     let mut first = Child::spawn(&url, &args, dir.path(), "first");
-    wait_for("the daemon to hold claims", DEADLINE, || async {
-        (!claimed_by(&db, &first).await.is_empty()).then_some(())
-    })
-    .await;
-    kill_and_wait_gone(&db, &mut first).await;
-    let orphaned = claimed_by(&db, &first).await;
+    let orphaned = kill_mid_batch(&db, &mut first).await;
     assert!(!orphaned.is_empty());
     let second = Child::spawn(&url, &args, dir.path(), "second");
     wait_drained(&db, DEADLINE).await;
     let counted: Vec<(String, i32, Option<String>)> = db
-        .query("SELECT id, retry_count, last_error FROM m0_episodic WHERE id = ANY($1) ORDER BY id", &[&orphaned])
+        .query(
+            "SELECT id, retry_count, last_error FROM m0_episodic WHERE id = ANY($1) ORDER BY id",
+            &[&orphaned],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let others: i64 = db
-        .query_one("SELECT count(*) FROM m0_episodic WHERE retry_count > 0 AND NOT id = ANY($1)", &[&orphaned])
+        .query_one(
+            "SELECT count(*) FROM m0_episodic WHERE retry_count > 0 AND NOT id = ANY($1)",
+            &[&orphaned],
+        )
         .await
         .unwrap()
         .get(0);
@@ -115,10 +150,17 @@ async fn crashed_claims_count_an_attempt_on_take_over() {
         "5 crashed claim counted as an attempt",
         &st,
         None,
-        &format!("{} orphaned; retry_count after take-over: {:?}", orphaned.len(), counted.iter().map(|c| c.1).collect::<Vec<_>>()),
+        &format!(
+            "{} orphaned; retry_count after take-over: {:?}",
+            orphaned.len(),
+            counted.iter().map(|c| c.1).collect::<Vec<_>>()
+        ),
     );
     st.assert_clean(&[]);
-    assert!(counted.iter().all(|c| c.1 == 1), "each taken-over row pays exactly one attempt: {counted:?}");
+    assert!(
+        counted.iter().all(|c| c.1 == 1),
+        "each taken-over row pays exactly one attempt: {counted:?}"
+    );
     assert_eq!(others, 0, "rows never orphaned pay nothing");
     drop(second);
 }
@@ -144,8 +186,20 @@ async fn a_row_that_kills_every_worker_ends_failed() {
     )
     .await
     .unwrap();
-    insert(&db, "poison", "a row whose processing always kills the worker").await;
-    let args = ["--lease-secs", "1", "--max-retries", "3", "--poll-interval-ms", "200"];
+    insert(
+        &db,
+        "poison",
+        "a row whose processing always kills the worker",
+    )
+    .await;
+    let args = [
+        "--lease-secs",
+        "1",
+        "--max-retries",
+        "3",
+        "--poll-interval-ms",
+        "200",
+    ];
     let started = Instant::now();
     let mut kills = 0;
     let mut last = loop {
@@ -175,10 +229,19 @@ async fn a_row_that_kills_every_worker_ends_failed() {
         }
         child.kill9();
         kills += 1;
-        assert!(kills <= 6, "the poison row was taken {kills} times and never marked failed");
+        assert!(
+            kills <= 6,
+            "the poison row was taken {kills} times and never marked failed"
+        );
     };
     let (retries, error): (i32, Option<String>) = {
-        let r = db.query_one("SELECT retry_count, last_error FROM m0_episodic WHERE id = 'poison'", &[]).await.unwrap();
+        let r = db
+            .query_one(
+                "SELECT retry_count, last_error FROM m0_episodic WHERE id = 'poison'",
+                &[],
+            )
+            .await
+            .unwrap();
         (r.get(0), r.get(1))
     };
     // The surviving daemon still serves other rows.
@@ -193,9 +256,15 @@ async fn a_row_that_kills_every_worker_ends_failed() {
         &format!("{kills} workers killed; retry_count {retries}; last_error {error:?}"),
     );
     st.assert_clean(&["poison"]);
-    assert_eq!(kills, 3, "max_retries 3: three holders die, the fourth take-over marks it failed");
+    assert_eq!(
+        kills, 3,
+        "max_retries 3: three holders die, the fourth take-over marks it failed"
+    );
     assert_eq!(retries, 3);
-    assert!(error.is_some_and(|e| e.contains("lease")), "last_error names the expired lease");
+    assert!(
+        error.is_some_and(|e| e.contains("lease")),
+        "last_error names the expired lease"
+    );
 }
 
 /// Scenario 7: three daemons on one database, the busiest killed mid-run: every row written
@@ -204,29 +273,45 @@ async fn a_row_that_kills_every_worker_ends_failed() {
 async fn s07_three_daemons_one_killed() {
     let (url, db) = scenario_db("three").await;
     let dir = TestDir::new("three");
-    let args = ["--lease-secs", "3", "--batch-size", "8", "--poll-interval-ms", "300"];
-    let mut daemons: Vec<Child> = (0..3).map(|i| Child::spawn(&url, &args, dir.path(), &format!("d{i}"))).collect();
+    let args = [
+        "--lease-secs",
+        "3",
+        "--batch-size",
+        "8",
+        "--poll-interval-ms",
+        "300",
+    ];
+    let mut daemons: Vec<Child> = (0..3)
+        .map(|i| Child::spawn(&url, &args, dir.path(), &format!("d{i}")))
+        .collect();
     for d in daemons.iter_mut() {
         d.wait_connected(&db).await;
     }
     let stream = Stream::start(&url, "t", Duration::from_millis(4), 9);
-    let victim = wait_for("a daemon holding claims after 100 writes", DEADLINE, || async {
-        if count(&db, "SELECT count(*) FROM fault_writes").await < 100 {
-            return None;
-        }
-        for (i, d) in daemons.iter().enumerate() {
-            if !claimed_by(&db, d).await.is_empty() {
-                return Some(i);
+    let victim = wait_for(
+        "a daemon holding claims after 100 writes",
+        DEADLINE,
+        || async {
+            if count(&db, "SELECT count(*) FROM fault_writes").await < 100 {
+                return None;
             }
-        }
-        None
-    })
+            for (i, d) in daemons.iter().enumerate() {
+                if !claimed_by(&db, d).await.is_empty() {
+                    return Some(i);
+                }
+            }
+            None
+        },
+    )
     .await;
     let killed = Instant::now();
-    kill_and_wait_gone(&db, &mut daemons[victim]).await;
-    let orphaned = claimed_by(&db, &daemons[victim]).await;
+    let orphaned = kill_mid_batch(&db, &mut daemons[victim]).await;
     // The survivors keep working while the clients keep writing.
-    let recovered = if orphaned.is_empty() { killed } else { wait_written(&db, &orphaned, DEADLINE).await };
+    let recovered = if orphaned.is_empty() {
+        killed
+    } else {
+        wait_written(&db, &orphaned, DEADLINE).await
+    };
     let stats = stream.finish().await;
     wait_drained(&db, DEADLINE).await;
     let st = end_state(&db).await;
@@ -234,10 +319,13 @@ async fn s07_three_daemons_one_killed() {
         let mut v = Vec::new();
         for d in &daemons {
             v.push(
-                db.query_one("SELECT count(*) FROM fault_writes WHERE writer LIKE $1", &[&d.token_like()])
-                    .await
-                    .unwrap()
-                    .get(0),
+                db.query_one(
+                    "SELECT count(*) FROM fault_writes WHERE writer LIKE $1",
+                    &[&d.token_like()],
+                )
+                .await
+                .unwrap()
+                .get(0),
             );
         }
         v
@@ -256,7 +344,10 @@ async fn s07_three_daemons_one_killed() {
     );
     st.assert_clean(&[]);
     assert_eq!(unwritten, 0, "every row has a committed write");
-    assert!(per_daemon.iter().filter(|n| **n > 0).count() >= 2, "the work was shared: {per_daemon:?}");
+    assert!(
+        per_daemon.iter().filter(|n| **n > 0).count() >= 2,
+        "the work was shared: {per_daemon:?}"
+    );
 }
 
 /// Scenario 9: the daemon is frozen (SIGSTOP) while clients keep inserting: every client commit
@@ -272,7 +363,10 @@ async fn s09_sigstop_never_blocks_client_commits() {
     daemon.stop_signal();
     // Plain client: no statement_timeout; each commit must complete on its own.
     let client = connect(&url).await;
-    let stmt = client.prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)").await.unwrap();
+    let stmt = client
+        .prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)")
+        .await
+        .unwrap();
     let frozen = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut n = 0;
@@ -282,7 +376,9 @@ async fn s09_sigstop_never_blocks_client_commits() {
         let t = Instant::now();
         tokio::time::timeout(Duration::from_secs(2), client.execute(&stmt, &[&id, &text]))
             .await
-            .unwrap_or_else(|_| panic!("insert {id} did not commit within 2 s while the daemon was stopped"))
+            .unwrap_or_else(|_| {
+                panic!("insert {id} did not commit within 2 s while the daemon was stopped")
+            })
             .unwrap_or_else(|e| panic!("insert {id} failed while the daemon was stopped: {e}"));
         slowest = slowest.max(t.elapsed());
         n += 1;
@@ -310,7 +406,11 @@ async fn s09_sigstop_never_blocks_client_commits() {
         &format!("{n} single inserts + 500 bulk while frozen, slowest commit {:.1} ms; {pending_while_frozen} pending at SIGCONT", slowest.as_secs_f64() * 1e3),
     );
     st.assert_clean(&[]);
-    assert_eq!(pending_while_frozen, n + 500, "a frozen daemon claims nothing");
+    assert_eq!(
+        pending_while_frozen,
+        n + 500,
+        "a frozen daemon claims nothing"
+    );
 }
 
 /// RELIABILITY 5: SIGTERM mid-batch finishes or releases the daemon's claims at once: nothing
@@ -326,10 +426,15 @@ async fn sigterm_leaves_no_claims_behind() {
     .await
     .unwrap();
     let mut first = Child::spawn(&url, &[], dir.path(), "first");
-    wait_for("the daemon to hold claims after some writes", DEADLINE, || async {
-        (count(&db, "SELECT count(*) FROM fault_writes").await >= 20 && !claimed_by(&db, &first).await.is_empty())
+    wait_for(
+        "the daemon to hold claims after some writes",
+        DEADLINE,
+        || async {
+            (count(&db, "SELECT count(*) FROM fault_writes").await >= 20
+                && !claimed_by(&db, &first).await.is_empty())
             .then_some(())
-    })
+        },
+    )
     .await;
     let stopping = Instant::now();
     let status = first.terminate_gracefully(Duration::from_secs(15));
@@ -343,10 +448,17 @@ async fn sigterm_leaves_no_claims_behind() {
         "5 SIGTERM mid-batch, successor (lease 30 s)",
         &st,
         Some(t.elapsed()),
-        &format!("stopped in {:.2} s ({status}); {} claims left behind", stop_took.as_secs_f64(), left.len()),
+        &format!(
+            "stopped in {:.2} s ({status}); {} claims left behind",
+            stop_took.as_secs_f64(),
+            left.len()
+        ),
     );
     st.assert_clean(&[]);
     assert!(status.success(), "{status}:\n{}", first.log_tail());
-    assert!(left.is_empty(), "claims left behind by a graceful stop: {left:?}");
+    assert!(
+        left.is_empty(),
+        "claims left behind by a graceful stop: {left:?}"
+    );
     drop(second);
 }

@@ -65,7 +65,9 @@ async fn s08a_provider_fails_then_recovers() {
     let (service, hooks) = faulty_model().await;
     hooks.fail_next.store(4, SeqCst);
     let base = 0.2;
-    let daemon = Daemon::start(quick_retries(&url, 5, 200), service).await.expect("daemon start");
+    let daemon = Daemon::start(quick_retries(&url, 5, 200), service)
+        .await
+        .expect("daemon start");
     let t = Instant::now();
     db.batch_execute(
         "INSERT INTO m0_episodic (id, content) SELECT 'p' || g, 'a sentence for a flaky provider, ' || g FROM generate_series(1, 12) g",
@@ -99,7 +101,11 @@ async fn s08a_provider_fails_then_recovers() {
         assert!(r.3.is_none(), "last_error cleared on success: {r:?}");
         let waited = r.4.expect("last_retry_at set on a retried row");
         let min = 0.75 * base * 2f64.powi(r.1 - 1) - 0.02;
-        assert!(waited >= min, "row {} retried {waited:.3} s after its failure, before its backoff ({min:.3} s)", r.0);
+        assert!(
+            waited >= min,
+            "row {} retried {waited:.3} s after its failure, before its backoff ({min:.3} s)",
+            r.0
+        );
     }
 }
 
@@ -112,7 +118,9 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
     let (url, db) = scenario_db("rejects").await;
     let (service, hooks) = faulty_model().await;
     hooks.set_fail_on(Some("REJECT"));
-    let daemon = Daemon::start(quick_retries(&url, 3, 100), service).await.expect("daemon start");
+    let daemon = Daemon::start(quick_retries(&url, 3, 100), service)
+        .await
+        .expect("daemon start");
     let t = Instant::now();
     db.batch_execute(
         "INSERT INTO m0_episodic (id, content)
@@ -124,7 +132,13 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
     .unwrap();
     // Evidence if the rejected rows never end `failed`: what the model and the daemon did.
     let failed_all = tokio::time::timeout(DEADLINE, async {
-        while count(&db, "SELECT count(*) FROM m0_episodic WHERE retry_status = 'failed'").await < 3 {
+        while count(
+            &db,
+            "SELECT count(*) FROM m0_episodic WHERE retry_status = 'failed'",
+        )
+        .await
+            < 3
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -141,11 +155,18 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
     }
     wait_drained(&db, DEADLINE).await;
     let to_failed = t.elapsed();
-    let failed_rows: Attempts = attempts(&db).await.into_iter().filter(|r| r.0.starts_with("bad")).collect();
+    let failed_rows: Attempts = attempts(&db)
+        .await
+        .into_iter()
+        .filter(|r| r.0.starts_with("bad"))
+        .collect();
     hooks.set_fail_on(None);
     let how = retry_failed(&url, &db).await;
     let back: Vec<(String, i32)> = db
-        .query("SELECT retry_status, retry_count FROM m0_episodic WHERE id LIKE 'bad%'", &[])
+        .query(
+            "SELECT retry_status, retry_count FROM m0_episodic WHERE id LIKE 'bad%'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -160,14 +181,24 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
         "8b rows always rejected -> failed -> retry",
         &st,
         Some(recovered),
-        &format!("failed after {:.2} s; recovered with {how}", to_failed.as_secs_f64()),
+        &format!(
+            "failed after {:.2} s; recovered with {how}",
+            to_failed.as_secs_f64()
+        ),
     );
     for r in &failed_rows {
         assert_eq!((r.1, r.2.as_str()), (3, "failed"), "{r:?}");
-        assert!(r.3.as_deref().is_some_and(|e| e.contains("rejects this text")), "last_error kept: {r:?}");
+        assert!(
+            r.3.as_deref()
+                .is_some_and(|e| e.contains("rejects this text")),
+            "last_error kept: {r:?}"
+        );
     }
     assert_eq!(failed_rows.len(), 3);
-    assert!(back.iter().all(|b| b == &("pending".to_string(), 0)), "retry-failed resets status and count: {back:?}");
+    assert!(
+        back.iter().all(|b| b == &("pending".to_string(), 0)),
+        "retry-failed resets status and count: {back:?}"
+    );
     st.assert_clean(&[]);
 }
 
@@ -192,12 +223,21 @@ async fn retry_failed_command_puts_failed_rows_back() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let daemon = Daemon::start(Config::new(&url), model().await).await.expect("daemon start");
+    let daemon = Daemon::start(Config::new(&url), model().await)
+        .await
+        .expect("daemon start");
     let t = Instant::now();
     wait_drained(&db, Duration::from_secs(20)).await;
     daemon.stop().await;
     let st = end_state(&db).await;
-    report("8c retry-failed command", &st, Some(t.elapsed()), &String::from_utf8_lossy(&out.stdout).trim().replace('\n', " "));
+    report(
+        "8c retry-failed command",
+        &st,
+        Some(t.elapsed()),
+        &String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " "),
+    );
     st.assert_clean(&[]);
 }
 
@@ -208,7 +248,9 @@ async fn a_panicking_text_counts_attempts_and_the_daemon_survives() {
     let (url, db) = scenario_db("panic").await;
     let (service, hooks) = faulty_model().await;
     hooks.set_panic_on(Some("POISON"));
-    let daemon = Daemon::start(quick_retries(&url, 2, 100), service).await.expect("daemon start");
+    let daemon = Daemon::start(quick_retries(&url, 2, 100), service)
+        .await
+        .expect("daemon start");
     db.batch_execute(
         "INSERT INTO m0_episodic (id, content)
          SELECT 'n' || g, 'an ordinary sentence ' || g FROM generate_series(1, 6) g
@@ -222,15 +264,29 @@ async fn a_panicking_text_counts_attempts_and_the_daemon_survives() {
     insert(&db, "after", "a row after the panics").await;
     wait_drained(&db, Duration::from_secs(10)).await;
     let poison: (i32, String, Option<String>) = {
-        let r = db.query_one("SELECT retry_count, retry_status, last_error FROM m0_episodic WHERE id = 'poison'", &[]).await.unwrap();
+        let r = db
+            .query_one(
+                "SELECT retry_count, retry_status, last_error FROM m0_episodic WHERE id = 'poison'",
+                &[],
+            )
+            .await
+            .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
     daemon.stop().await;
     let st = end_state(&db).await;
-    report("8d panicking text", &st, Some(took), &format!("poison row: {poison:?}"));
+    report(
+        "8d panicking text",
+        &st,
+        Some(took),
+        &format!("poison row: {poison:?}"),
+    );
     st.assert_clean(&["poison"]);
     assert_eq!(poison.0, 2, "max_retries 2: two attempts counted");
-    assert!(poison.2.as_deref().is_some_and(|e| e.contains("panic")), "last_error names the panic: {poison:?}");
+    assert!(
+        poison.2.as_deref().is_some_and(|e| e.contains("panic")),
+        "last_error names the panic: {poison:?}"
+    );
 }
 
 /// RELIABILITY 6: a provider that fails every call must not burn every row's attempts in
@@ -242,7 +298,9 @@ async fn provider_down_backs_off_as_a_whole() {
     let (service, hooks) = faulty_model().await;
     hooks.always_fail.store(true, SeqCst);
     // Per-row backoff alone would fail all 30 rows within about a second.
-    let daemon = Daemon::start(quick_retries(&url, 3, 50), service).await.expect("daemon start");
+    let daemon = Daemon::start(quick_retries(&url, 3, 50), service)
+        .await
+        .expect("daemon start");
     db.batch_execute(
         "INSERT INTO m0_episodic (id, content) SELECT 'r' || g, 'a sentence while the provider is down, ' || g FROM generate_series(1, 30) g",
     )
@@ -250,9 +308,16 @@ async fn provider_down_backs_off_as_a_whole() {
     .unwrap();
     // An observation window, not a synchronisation: how much does 4 s of outage cost?
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let burned = count(&db, "SELECT coalesce(sum(retry_count), 0)::int8 FROM m0_episodic").await;
+    let burned = count(
+        &db,
+        "SELECT coalesce(sum(retry_count), 0)::int8 FROM m0_episodic",
+    )
+    .await;
     let failed_during: Vec<String> = db
-        .query("SELECT id FROM m0_episodic WHERE retry_status = 'failed' ORDER BY id", &[])
+        .query(
+            "SELECT id FROM m0_episodic WHERE retry_status = 'failed' ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -269,10 +334,20 @@ async fn provider_down_backs_off_as_a_whole() {
         "8e provider down 4 s for every row",
         &st,
         Some(recovered),
-        &format!("during the outage: {calls} model calls, {burned} attempts counted, {} rows failed", failed_during.len()),
+        &format!(
+            "during the outage: {calls} model calls, {burned} attempts counted, {} rows failed",
+            failed_during.len()
+        ),
     );
     let ids: Vec<&str> = failed_during.iter().map(String::as_str).collect();
     st.assert_clean(&ids);
-    assert!(failed_during.len() <= 1, "an outage failed {} of 30 rows for good", failed_during.len());
-    assert!(burned <= 6, "an outage of 4 s burned {burned} attempts (per-row backoff alone: 90)");
+    assert!(
+        failed_during.len() <= 1,
+        "an outage failed {} of 30 rows for good",
+        failed_during.len()
+    );
+    assert!(
+        burned <= 6,
+        "an outage of 4 s burned {burned} attempts (per-row backoff alone: 90)"
+    );
 }

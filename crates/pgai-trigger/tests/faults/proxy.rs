@@ -34,7 +34,9 @@ impl Proxy {
         let (c, h, l) = (conns.clone(), hole_first_listen.clone(), listens.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    continue;
+                };
                 let holed = Arc::new(AtomicBool::new(false));
                 c.lock().unwrap().push(holed.clone());
                 let (cr, cw) = client.into_split();
@@ -43,7 +45,12 @@ impl Proxy {
                 tokio::spawn(pump(sr, cw, holed, None));
             }
         });
-        Proxy { port, conns, hole_first_listen, listens }
+        Proxy {
+            port,
+            conns,
+            hole_first_listen,
+            listens,
+        }
     }
 
     /// Every connection open now goes silent, for good; new connections pass.
@@ -86,7 +93,11 @@ async fn pump(
 
 /// The database URL with the proxy's port instead of the server's.
 fn via(url: &str, proxy: &Proxy) -> String {
-    url.replacen(&format!(":{}/", server_port(url)), &format!(":{}/", proxy.port), 1)
+    url.replacen(
+        &format!(":{}/", server_port(url)),
+        &format!(":{}/", proxy.port),
+        1,
+    )
 }
 
 fn server_port(url: &str) -> u16 {
@@ -106,8 +117,13 @@ async fn listener_hung_at_listen_is_replaced() {
     proxy.hole_first_listen.store(true, SeqCst);
     let mut cfg = Config::new(via(&url, &proxy));
     cfg.poll_interval = Duration::from_millis(500);
-    let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
-    wait_for("the listener's LISTEN", DEADLINE, || async { (proxy.listens.load(SeqCst) >= 1).then_some(()) }).await;
+    let daemon = Daemon::start(cfg, model().await)
+        .await
+        .expect("daemon start");
+    wait_for("the listener's LISTEN", DEADLINE, || async {
+        (proxy.listens.load(SeqCst) >= 1).then_some(())
+    })
+    .await;
     let hung = Instant::now();
     let t = Instant::now();
     insert(&db, "h1", "inserted while the listener hangs in LISTEN").await;
@@ -136,7 +152,10 @@ async fn listener_hung_at_listen_is_replaced() {
         ),
     );
     st.assert_clean(&[]);
-    assert!(relisten.is_ok(), "the listener never listened again within 40 s of a LISTEN that hung");
+    assert!(
+        relisten.is_ok(),
+        "the listener never listened again within 40 s of a LISTEN that hung"
+    );
 }
 
 /// Every connection of the daemon goes silent at once (the server's host vanished; a new one
@@ -150,13 +169,20 @@ async fn black_holed_connections_are_replaced() {
     let mut cfg = Config::new(via(&url, &proxy));
     cfg.poll_interval = Duration::from_millis(500);
     cfg.lease = Duration::from_secs(3);
-    let daemon = Daemon::start(cfg, model().await).await.expect("daemon start");
+    let daemon = Daemon::start(cfg, model().await)
+        .await
+        .expect("daemon start");
     insert(&db, "before", "a row before the network goes silent").await;
     wait_drained(&db, DEADLINE).await;
     let holed = proxy.hole_existing();
     let t = Instant::now();
     for i in 0..5 {
-        insert(&db, &format!("after{i}"), &format!("a row written after the silence began, {i}")).await;
+        insert(
+            &db,
+            &format!("after{i}"),
+            &format!("a row written after the silence began, {i}"),
+        )
+        .await;
     }
     let drained = tokio::time::timeout(Duration::from_secs(40), async {
         while pending(&db).await > 0 {
@@ -179,6 +205,9 @@ async fn black_holed_connections_are_replaced() {
             snap.reconnects, snap.worker_connected
         ),
     );
-    assert!(drained.is_ok(), "rows inserted after the daemon's connections went silent were not embedded within 40 s");
+    assert!(
+        drained.is_ok(),
+        "rows inserted after the daemon's connections went silent were not embedded within 40 s"
+    );
     st.assert_clean(&[]);
 }

@@ -27,7 +27,9 @@ pub async fn model() -> EmbedService {
     static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
     MODEL
         .get_or_init(|| async {
-            EmbedService::start_default(1).await.unwrap_or_else(|e| panic!("loading the model: {e}"))
+            EmbedService::start_default(1)
+                .await
+                .unwrap_or_else(|e| panic!("loading the model: {e}"))
         })
         .await
         .clone()
@@ -86,9 +88,15 @@ impl Hooks {
     pub fn gate(&self, marker: &str) -> Gate {
         let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel();
-        *self.gate.lock().unwrap() =
-            Some(GateInner { marker: marker.to_string(), started: started_tx, release: release_rx });
-        Gate { started: started_rx, release: release_tx }
+        *self.gate.lock().unwrap() = Some(GateInner {
+            marker: marker.to_string(),
+            started: started_tx,
+            release: release_rx,
+        });
+        Gate {
+            started: started_rx,
+            release: release_tx,
+        }
     }
 
     pub fn set_fail_on(&self, marker: Option<&str>) {
@@ -106,7 +114,9 @@ struct Faulty {
 }
 
 fn any_contains(texts: &[&str], marker: &Option<String>) -> bool {
-    marker.as_deref().is_some_and(|m| texts.iter().any(|t| t.contains(m)))
+    marker
+        .as_deref()
+        .is_some_and(|m| texts.iter().any(|t| t.contains(m)))
 }
 
 impl Embedder for Faulty {
@@ -127,14 +137,18 @@ impl Embedder for Faulty {
         }
         let gate = {
             let mut g = h.gate.lock().unwrap();
-            if g.as_ref().is_some_and(|g| texts.iter().any(|t| t.contains(&g.marker))) {
+            if g.as_ref()
+                .is_some_and(|g| texts.iter().any(|t| t.contains(&g.marker)))
+            {
                 g.take()
             } else {
                 None
             }
         };
         if let Some(g) = gate {
-            let _ = g.started.send(texts.iter().map(|t| t.to_string()).collect());
+            let _ = g
+                .started
+                .send(texts.iter().map(|t| t.to_string()).collect());
             // Returns on release, or when the test drops its side (a failed test).
             let _ = g.release.recv();
         }
@@ -145,7 +159,10 @@ impl Embedder for Faulty {
         if h.always_fail.load(SeqCst) {
             return fail("provider down");
         }
-        if h.fail_next.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+        if h.fail_next
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return fail("provider failing for a while");
         }
         if any_contains(texts, &h.fail_on.lock().unwrap()) {
@@ -176,7 +193,10 @@ pub async fn faulty_model() -> (EmbedService, Arc<Hooks>) {
 // Databases with an audit trail.
 
 pub async fn connect(url: &str) -> Client {
-    pgai_trigger::db::connect(url, "faults test").await.expect("connect").0
+    pgai_trigger::db::connect(url, "faults test")
+        .await
+        .expect("connect")
+        .0
 }
 
 /// Test-only audit triggers: every committed vector write (`fault_writes`, with the claim token
@@ -205,8 +225,13 @@ CREATE TRIGGER fault_audit AFTER UPDATE ON m0_episodic FOR EACH ROW EXECUTE FUNC
 /// Applies the schema and the audit triggers to the database at `url`.
 pub async fn prepare(url: &str) -> Client {
     let client = connect(url).await;
-    schema::init(&client, &Table::default(), pgai_embed::DIM).await.expect("db init");
-    client.batch_execute(AUDIT_SQL).await.expect("audit triggers");
+    schema::init(&client, &Table::default(), pgai_embed::DIM)
+        .await
+        .expect("db init");
+    client
+        .batch_execute(AUDIT_SQL)
+        .await
+        .expect("audit triggers");
     client
 }
 
@@ -218,7 +243,10 @@ pub async fn scenario_db(prefix: &str) -> (String, Client) {
 }
 
 pub async fn count(db: &Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    db.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// Rows still to be embedded (failed rows are not pending: they wait for `retry-failed`).
@@ -239,7 +267,11 @@ pub async fn wait_drained_except(db: &Client, deadline: Duration, except: &[&str
     let pending_sql = "SELECT count(*) FROM m0_episodic
                         WHERE needs_embedding AND retry_status IS DISTINCT FROM 'failed' AND NOT id = ANY($1)";
     loop {
-        let n: i64 = db.query_one(pending_sql, &[&except]).await.expect("pending rows").get(0);
+        let n: i64 = db
+            .query_one(pending_sql, &[&except])
+            .await
+            .expect("pending rows")
+            .get(0);
         if n == 0 {
             return t.elapsed();
         }
@@ -271,16 +303,22 @@ pub async fn wait_drained_except(db: &Client, deadline: Duration, except: &[&str
                     )
                 })
                 .collect();
-            panic!("timed out after {deadline:?}: {n} rows still pending, oldest:\n  {}", shown.join("\n  "));
+            panic!(
+                "timed out after {deadline:?}: {n} rows still pending, oldest:\n  {}",
+                shown.join("\n  ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn insert(db: &Client, id: &str, content: &str) {
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)", &[&id, &content])
-        .await
-        .unwrap_or_else(|e| panic!("insert {id}: {e}"));
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ($1, $2)",
+        &[&id, &content],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("insert {id}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,15 +351,33 @@ impl EndState {
         let mut want: Vec<String> = expected_failed.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(failed, want, "failed rows");
-        assert!(self.wrong.is_empty(), "rows whose vector is not their current content's: {:?}", self.wrong);
-        assert_eq!(self.correct + self.failed.len() as i64, self.rows, "{self:?}");
-        assert_eq!(self.duplicate_writes, 0, "a row was written more than once for one content: {self:?}");
-        assert_eq!(self.unexpired_takeovers, 0, "a row had two holders at once: {self:?}");
+        assert!(
+            self.wrong.is_empty(),
+            "rows whose vector is not their current content's: {:?}",
+            self.wrong
+        );
+        assert_eq!(
+            self.correct + self.failed.len() as i64,
+            self.rows,
+            "{self:?}"
+        );
+        assert_eq!(
+            self.duplicate_writes, 0,
+            "a row was written more than once for one content: {self:?}"
+        );
+        assert_eq!(
+            self.unexpired_takeovers, 0,
+            "a row had two holders at once: {self:?}"
+        );
     }
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -331,10 +387,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// (each distinct content embedded once, 64 per model call).
 pub async fn end_state(db: &Client) -> EndState {
     let rows = db
-        .query("SELECT id, content, embedding, retry_status, needs_embedding FROM m0_episodic", &[])
+        .query(
+            "SELECT id, content, embedding, retry_status, needs_embedding FROM m0_episodic",
+            &[],
+        )
         .await
         .expect("reading rows");
-    let mut st = EndState { rows: rows.len() as i64, ..EndState::default() };
+    let mut st = EndState {
+        rows: rows.len() as i64,
+        ..EndState::default()
+    };
     let mut done: Vec<(String, String, Vec<f32>)> = Vec::new();
     for r in &rows {
         let id: String = r.get(0);
@@ -357,7 +419,10 @@ pub async fn end_state(db: &Client) -> EndState {
     let mut expected: HashMap<String, Vec<f32>> = HashMap::new();
     let reference = model().await;
     for chunk in distinct.chunks(64) {
-        let vectors = reference.embed(chunk.to_vec()).await.expect("reference embedding");
+        let vectors = reference
+            .embed(chunk.to_vec())
+            .await
+            .expect("reference embedding");
         expected.extend(chunk.iter().cloned().zip(vectors));
     }
     for (id, content, v) in done {
@@ -375,8 +440,11 @@ pub async fn end_state(db: &Client) -> EndState {
     )
     .await;
     // Tokens `thief:*` are the tests' own forced take-overs.
-    st.unexpired_takeovers =
-        count(db, "SELECT count(*) FROM fault_claims WHERE prev_unexpired AND token NOT LIKE 'thief:%'").await;
+    st.unexpired_takeovers = count(
+        db,
+        "SELECT count(*) FROM fault_claims WHERE prev_unexpired AND token NOT LIKE 'thief:%'",
+    )
+    .await;
     st
 }
 
@@ -385,7 +453,9 @@ pub async fn end_state(db: &Client) -> EndState {
 
 /// Prints one line of the scenario table (visible with `--nocapture`; grep `FAULTS|`).
 pub fn report(scenario: &str, st: &EndState, recover: Option<Duration>, note: &str) {
-    let recover = recover.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
+    let recover = recover
+        .map(|d| format!("{:.2} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
     println!(
         "FAULTS| {:<44} | {:>6} | {:>6} | {:>4} | {:>9} | {}",
         "scenario", "rows", "right", "dups", "recover", "notes"
@@ -426,7 +496,11 @@ impl Stream {
             let mut i = 0usize;
             while !token.is_cancelled() {
                 let id = format!("{prefix}{i}");
-                let text = format!("{prefix} note {i}: the weather on day {} was {}", i % 17, ["mild", "stormy", "bright", "grey"][i % 4]);
+                let text = format!(
+                    "{prefix} note {i}: the weather on day {} was {}",
+                    i % 17,
+                    ["mild", "stormy", "bright", "grey"][i % 4]
+                );
                 let mut statements = vec![(
                     "INSERT INTO m0_episodic (id, content) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
                     id.clone(),
@@ -435,12 +509,20 @@ impl Stream {
                 )];
                 if update_every > 0 && i > 0 && i % update_every == 0 {
                     let old = format!("{prefix}{}", i / 2);
-                    statements.push(("UPDATE m0_episodic SET content = $2 WHERE id = $1", old, format!("{prefix} revised note {i}, a change of plan"), true));
+                    statements.push((
+                        "UPDATE m0_episodic SET content = $2 WHERE id = $1",
+                        old,
+                        format!("{prefix} revised note {i}, a change of plan"),
+                        true,
+                    ));
                 }
                 for (sql, id, text, is_update) in statements {
                     loop {
                         if db.as_ref().is_none_or(|c| c.is_closed()) {
-                            db = pgai_trigger::db::connect(&url, "faults stream").await.ok().map(|c| c.0);
+                            db = pgai_trigger::db::connect(&url, "faults stream")
+                                .await
+                                .ok()
+                                .map(|c| c.0);
                         }
                         let ok = match &db {
                             Some(c) => c.execute(sql, &[&id, &text]).await.is_ok(),
@@ -493,7 +575,15 @@ impl Child {
         let log = dir.join(format!("{label}.log"));
         let out = std::fs::File::create(&log).expect("child log");
         let proc = Command::new(env!("CARGO_BIN_EXE_pgai-trigger"))
-            .args(["serve", "--database-url", url, "--http", "127.0.0.1:0", "--threads", "1"])
+            .args([
+                "serve",
+                "--database-url",
+                url,
+                "--http",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+            ])
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -506,7 +596,12 @@ impl Child {
 
     fn signal(&self, sig: i32) {
         // SAFETY: signals our own child, which has not been reaped (we own `proc`).
-        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill({}, {sig})", self.pid);
+        assert_eq!(
+            unsafe { libc::kill(self.pid, sig) },
+            0,
+            "kill({}, {sig})",
+            self.pid
+        );
     }
 
     pub fn kill9(&mut self) {
@@ -522,7 +617,11 @@ impl Child {
             if let Some(status) = self.proc.try_wait().expect("waiting for the daemon") {
                 return status;
             }
-            assert!(t.elapsed() < within, "no exit within {within:?} of SIGTERM:\n{}", self.log_tail());
+            assert!(
+                t.elapsed() < within,
+                "no exit within {within:?} of SIGTERM:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -546,7 +645,10 @@ impl Child {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let n = db
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", &[&like])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1",
+                    &[&like],
+                )
                 .await
                 .expect("pg_stat_activity")
                 .get::<_, i64>(0);
@@ -556,7 +658,11 @@ impl Child {
             if let Ok(Some(status)) = self.proc.try_wait() {
                 panic!("pgai-trigger exited with {status}:\n{}", self.log_tail());
             }
-            assert!(Instant::now() < deadline, "daemon never connected:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "daemon never connected:\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -592,10 +698,13 @@ pub async fn terminate(db: &Client, like: &str) -> i64 {
 
 /// Backend pids of the sessions whose application_name matches `like`.
 pub async fn backends(db: &Client, like: &str) -> Vec<i32> {
-    db.query("SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 ORDER BY pid", &[&like])
-        .await
-        .expect("pg_stat_activity")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    db.query(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 ORDER BY pid",
+        &[&like],
+    )
+    .await
+    .expect("pg_stat_activity")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
