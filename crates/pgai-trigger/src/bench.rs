@@ -83,9 +83,15 @@ pub struct BenchArgs {
     /// Single-row inserts measured per latency run, after the warm-up [default: 500; quick: 10].
     #[arg(long)]
     pub latency_rows: Option<usize>,
-    /// Inserts per second in the latency runs (a steady schedule, not "sleep after").
+    /// Inserts per second in the short-text latency runs (a steady schedule, not "sleep
+    /// after").
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
+    /// Inserts per second in the long-text latency runs. Lower than --rate: a long text is
+    /// ~10x the model work, and at 20/s the model alone would be busy ~60 % of the time, which
+    /// measures queueing more than latency.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate_long: f64,
     /// Inserts before each latency run that are not measured [default: 20; quick: 2].
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -119,6 +125,10 @@ pub struct BenchArgs {
     /// Seconds over which the idle daemons' CPU is measured [default: 60; quick: 1].
     #[arg(long)]
     pub idle_secs: Option<f64>,
+    /// Write the texts the raw-model measurement embeds (batched and alone, both profiles) as
+    /// JSON to this file and exit, to time other embedders on the very same texts.
+    #[arg(long, value_name = "FILE")]
+    pub write_texts: Option<PathBuf>,
     /// sentence-transformers' rows/s on batches of 32 short texts on this machine (the
     /// PyTorch reference; docs/ENVIRONMENT.md measured ~390), for the raw-model target.
     #[arg(long, default_value_t = 390.0)]
@@ -156,7 +166,10 @@ impl Plan {
             overhead_repeats: pick(a.overhead_repeats, 3, 1).max(1),
             idle: Duration::from_secs_f64(a.idle_secs.unwrap_or(if q { 1.0 } else { 60.0 }).max(0.1)),
         };
-        anyhow::ensure!(a.rate > 0.0 && a.trickle_rate > 0.0, "--rate and --trickle-rate must be positive");
+        anyhow::ensure!(
+            a.rate > 0.0 && a.rate_long > 0.0 && a.trickle_rate > 0.0,
+            "--rate, --rate-long and --trickle-rate must be positive"
+        );
         anyhow::ensure!((1..=4096).contains(&a.batch_size), "--batch-size must be between 1 and 4096");
         Ok(plan)
     }
@@ -254,6 +267,26 @@ fn ms(v: Option<f64>) -> String {
 pub async fn run(args: BenchArgs) -> Result<()> {
     let plan = Plan::new(&args)?;
     let started = Instant::now();
+
+    // The texts. Latency runs: warm-up + measured rows; bursts; singles during the drains.
+    let lat_n = plan.warmup + plan.latency_rows;
+    let burst_short = Profile::Short.texts(21, plan.burst_rows.max(plan.raw_rows));
+    let burst_long = Profile::Long.texts(22, plan.burst_rows_long.max(plan.raw_rows_long));
+    let lat_short = Profile::Short.texts(11, lat_n.max(plan.single_rows));
+    let lat_long = Profile::Long.texts(13, lat_n.max(plan.single_rows));
+    let single_long = plan.single_rows.min(50);
+    if let Some(path) = &args.write_texts {
+        let doc = serde_json::json!({
+            "batch_size": args.batch_size,
+            "short_batched": &burst_short[..plan.raw_rows],
+            "long_batched": &burst_long[..plan.raw_rows_long],
+            "short_alone": &lat_short[..plan.single_rows],
+            "long_alone": &lat_long[..single_long],
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote the raw-model texts to {}", path.display());
+        return Ok(());
+    }
     let load_avg_start = probe::load_avg();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let bin = child::locate_bin(args.daemon_bin.as_deref())?;
@@ -305,23 +338,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
 
     let watched = |daemon: Option<u32>| Watched { daemon, postmaster };
-    let mut other_cores_max: Option<f64> = None;
-    let mut note = |u: &Usage| {
-        if let Some(o) = u.other_cores {
-            other_cores_max = Some(other_cores_max.map_or(o, |m: f64| m.max(o)));
-        }
-    };
-
-    // The texts. Latency runs: warm-up + measured rows; bursts; singles during the drains.
-    let lat_n = plan.warmup + plan.latency_rows;
-    let trickle_n = |rows: usize| ((args.trickle_rate * (90.0 + rows as f64 / 10.0)) as usize + 1).min(20_000);
-    let burst_short = Profile::Short.texts(21, plan.burst_rows.max(plan.raw_rows));
-    let burst_long = Profile::Long.texts(22, plan.burst_rows_long.max(plan.raw_rows_long));
-    let lat_short = Profile::Short.texts(11, lat_n.max(plan.single_rows));
-    let lat_long = Profile::Long.texts(13, lat_n.max(plan.single_rows));
+    // What each phase used, and what other programs used meanwhile.
+    let mut phases: Vec<report::PhaseUsage> = Vec::new();
+    let mut note = |phase: String, u: &Usage| phases.push(report::PhaseUsage { phase, usage: *u });
 
     // 4a. The model alone.
-    let single_long = plan.single_rows.min(50);
     let pb = bar("raw model (no database)", (plan.single_rows + plan.raw_rows + single_long + plan.raw_rows_long) as u64);
     let before = Probe::now(watched(None));
     let (raw, vectors) = {
@@ -343,7 +364,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         })
         .await??
     };
-    note(&before.until(&Probe::now(watched(None))));
+    note("raw model".into(), &before.until(&Probe::now(watched(None))));
     done(
         pb,
         format!(
@@ -356,7 +377,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
 
     // 4b. The database's cost per row.
-    let single_db = plan.single_rows.min(plan.raw_rows / 2);
+    let single_db = plan.single_rows.min(plan.raw_rows / 3);
     let pb = bar("database write cost (no model)", plan.raw_rows as u64);
     let before = Probe::now(watched(None));
     let write_table = table("write")?;
@@ -372,7 +393,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     )
     .await?;
     drop_table(&db, &write_table).await?;
-    note(&before.until(&Probe::now(watched(None))));
+    note("database write cost".into(), &before.until(&Probe::now(watched(None))));
     done(
         pb,
         format!(
@@ -387,7 +408,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     // 5. Trigger overhead.
     let pb = bar("trigger overhead (no daemon)", 3 * plan.overhead_repeats as u64);
+    let before = Probe::now(watched(None));
     let overhead = dbcost::trigger_overhead(&db, PREFIX, plan.overhead_rows, plan.overhead_repeats, &pb).await?;
+    note("trigger overhead".into(), &before.until(&Probe::now(watched(None))));
     let _ = db.batch_execute("CHECKPOINT").await;
     done(
         pb,
@@ -422,14 +445,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
         // 1. Latency, LISTEN mode.
         let run = latency_run(&db, &ready, &imm_table, &daemon, profile, Mode::Immediate, &lat_texts[..lat_n], &args, &plan, postmaster).await?;
-        note(&run.usage);
+        note(format!("latency, {p}, immediate"), &run.usage);
         latency_runs.push(run);
         daemon.check_alive()?;
 
         // 3. Burst, with singles arriving during the drain.
         let pb = bar(&format!("burst, {p}, {burst_rows} rows"), burst_rows as u64);
         let stats0 = daemon.metrics().await.ok();
-        let trickle_texts = profile.texts(31 + poll_seed, trickle_n(burst_rows));
+        // Give up on a burst only well past what the raw model would need (5x, plus 2 min).
+        let raw_rate = match profile {
+            Profile::Short => raw.short.batch.rows_per_s,
+            Profile::Long => raw.long.batch.rows_per_s,
+        };
+        let within = Duration::from_secs(120) + Duration::from_secs_f64(5.0 * burst_rows as f64 / raw_rate.max(0.1));
+        let trickle_n = ((args.trickle_rate * within.as_secs_f64()) as usize + 1).min(50_000);
+        let trickle_texts = profile.texts(31 + poll_seed, trickle_n);
         let b = latency::burst(
             &db,
             &db2,
@@ -439,12 +469,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             &burst_texts[..burst_rows],
             &trickle_texts,
             args.trickle_rate,
+            within,
             watched(Some(daemon.pid)),
             &pb,
         )
         .await?;
         let stats1 = daemon.metrics().await.ok();
-        note(&b.usage);
+        note(format!("burst, {p}"), &b.usage);
         let avg_batch = stats0.zip(stats1).and_then(|(a, z)| {
             let d = |k: &str| z.get(k).zip(a.get(k)).map(|(z, a)| z - a);
             d("pgai_batch_size_rows_sum").zip(d("pgai_batch_size_rows_count")).filter(|(_, n)| *n > 0.0).map(|(r, n)| r / n)
@@ -465,7 +496,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
         // 6. Idle CPU: this daemon after its work, and a polling one beside it.
         if profile == Profile::Short {
+            let before = Probe::now(watched(Some(daemon.pid)));
             let (imm_pct, poll_pct, poll_stopped) = idle_window(&launcher, &daemon, &imm_table, plan.idle).await?;
+            note("idle window (and a polling daemon's start)".into(), &before.until(&Probe::now(watched(Some(daemon.pid)))));
             idle.immediate_cpu_percent = imm_pct;
             idle.polling_cpu_percent = poll_pct;
             stopped.push(poll_stopped);
@@ -478,7 +511,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let daemon = launcher.start(&format!("{p}-polling"), poll_table.name(), true).await?;
         let poll_texts = profile.texts(poll_seed, lat_n);
         let run = latency_run(&db, &ready, &poll_table, &daemon, profile, Mode::Polling, &poll_texts, &args, &plan, postmaster).await?;
-        note(&run.usage);
+        note(format!("latency, {p}, polling"), &run.usage);
         latency_runs.push(run);
         stopped.push(daemon.stop().await?);
     }
@@ -533,7 +566,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             cpu_model: probe::cpu_model(),
             load_avg_start,
             load_avg_end: probe::load_avg(),
-            other_cores_max,
+            other_cores_max: phases.iter().filter_map(|p| p.usage.other_cores).reduce(f64::max),
             database,
             postgres_version,
             pgvector_version,
@@ -553,6 +586,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         idle,
         memory: Memory { daemons: stopped, peak_rss_mb_under_load: under_load },
         targets: Vec::new(),
+        phases,
     };
     results.evaluate(args.st_rows_per_s);
     write_outputs(&results, &json_path)?;
@@ -576,11 +610,15 @@ async fn latency_run(
     let before = Probe::now(Watched { daemon: Some(daemon.pid), postmaster });
     // Ids are unique across the run: the listener hears every table's announcements.
     let prefix = format!("{}{}", &profile.name()[..1], &mode.name()[..1]);
-    let latencies = latency::steady(db, ready, table, &prefix, texts, args.rate, plan.warmup, &pb).await?;
+    let rate = match profile {
+        Profile::Short => args.rate,
+        Profile::Long => args.rate_long,
+    };
+    let latencies = latency::steady(db, ready, table, &prefix, texts, rate, plan.warmup, &pb).await?;
     let usage = before.until(&Probe::now(Watched { daemon: Some(daemon.pid), postmaster }));
     let c = &latencies.client_ms;
     done(pb, format!("P50 {}  P95 {}  P99 {}  max {}", ms(c.p50), ms(c.p95), ms(c.p99), ms(c.max)));
-    Ok(LatencyRun { profile, mode, rate_per_s: args.rate, warmup: plan.warmup, latencies, usage })
+    Ok(LatencyRun { profile, mode, rate_per_s: rate, warmup: plan.warmup, latencies, usage })
 }
 
 /// CPU of the (now idle) immediate daemon and of a fresh polling daemon on the same table,

@@ -1,6 +1,8 @@
 //! The database's share of a row, without the model: precomputed vectors written through the
 //! daemon's own claim and write-back statements ([`Claimer`], [`Writer`]) into a table with the
-//! HNSW index; and what the notify trigger costs a bulk insert.
+//! HNSW index, in a session set up as the daemon's are (`synchronous_commit = off`, see
+//! `pipeline`); lone rows are also timed with `synchronous_commit = on`, to show what waiting
+//! for the WAL flush would cost. And what the notify trigger costs a bulk insert.
 
 use std::time::Instant;
 
@@ -31,9 +33,13 @@ pub struct WriteBatches {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WriteSingles {
     pub rows: usize,
+    /// With `synchronous_commit = off`, as the daemon runs.
     pub claim_ms: Percentiles,
     pub write_ms: Percentiles,
     pub postgres_cpu_ms_per_row: Option<f64>,
+    /// The same with `synchronous_commit = on`: each commit waits for its WAL flush.
+    pub claim_ms_sync_commit: Percentiles,
+    pub write_ms_sync_commit: Percentiles,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,7 +49,8 @@ pub struct DbWrite {
 }
 
 /// Inserts `texts`, then claims and writes them with `vectors`: all but the last
-/// `single_rows` in batches of `batch_size`, those one by one.
+/// 2 × `single_rows` in batches of `batch_size`, those one by one (half with
+/// `synchronous_commit = on`).
 #[allow(clippy::too_many_arguments)]
 pub async fn write_cost(
     db: &Client,
@@ -62,7 +69,7 @@ pub async fn write_cost(
         &[&ids, &texts],
     )
     .await?;
-    db.batch_execute(&format!("ANALYZE {}", table.sql())).await?;
+    db.batch_execute(&format!("ANALYZE {}; SET synchronous_commit = off", table.sql())).await?;
     let mut claimer = Claimer::prepare(db, table, "pgai-bench-writer").await?;
     let writer = Writer::prepare(db, table, pgai_embed::MODEL_NAME).await?;
     let vector_of = |id: &str| -> Vec<f32> {
@@ -71,7 +78,7 @@ pub async fn write_cost(
     };
     let pg_cpu = || postmaster.and_then(probe::cluster_cpu);
 
-    let in_batches = texts.len().saturating_sub(single_rows);
+    let in_batches = texts.len().saturating_sub(2 * single_rows);
     let (mut claim_s, mut write_s, mut done) = (0.0, 0.0, 0);
     let cpu0 = pg_cpu();
     while done < in_batches {
@@ -98,26 +105,46 @@ pub async fn write_cost(
         postgres_cpu_ms_per_row: cpu1.zip(cpu0).map(|(b, a)| (b - a) * 1e3 / n),
     };
 
+    let (claim_ms, write_ms) = lone_rows(db, &mut claimer, &writer, in_batches, single_rows, vectors, pb).await?;
+    let cpu2 = pg_cpu();
+    db.batch_execute("SET synchronous_commit = on").await?;
+    let (claim_ms_sync_commit, write_ms_sync_commit) =
+        lone_rows(db, &mut claimer, &writer, in_batches + single_rows, single_rows, vectors, pb).await?;
+    db.batch_execute("RESET synchronous_commit").await?;
+    let singles = WriteSingles {
+        rows: single_rows,
+        claim_ms,
+        write_ms,
+        postgres_cpu_ms_per_row: cpu2.zip(cpu1).map(|(b, a)| (b - a) * 1e3 / single_rows.max(1) as f64),
+        claim_ms_sync_commit,
+        write_ms_sync_commit,
+    };
+    Ok(DbWrite { batches, singles })
+}
+
+/// Claims and writes rows `w-from` … one at a time; P50s of claim and write.
+async fn lone_rows(
+    db: &Client,
+    claimer: &mut Claimer,
+    writer: &Writer,
+    from: usize,
+    n: usize,
+    vectors: &[Vec<f32>],
+    pb: &ProgressBar,
+) -> Result<(Percentiles, Percentiles)> {
     let (mut claim_ms, mut write_ms) = (Vec::new(), Vec::new());
-    for i in in_batches..in_batches + single_rows {
+    for i in from..from + n {
         // A lone row is claimed by the id its notification named, as the daemon does.
         let s = Instant::now();
         let claim = claimer.claim(db, &[format!("w-{i}")], 1, 30.0, 3).await?;
         claim_ms.push(s.elapsed().as_secs_f64() * 1e3);
-        let v = claim.rows.iter().map(|r| vector_of(&r.id)).collect();
+        let v = claim.rows.iter().map(|_| vectors[i].clone()).collect();
         let s = Instant::now();
         writer.complete(db, &claim, v).await?;
         write_ms.push(s.elapsed().as_secs_f64() * 1e3);
         pb.inc(1);
     }
-    let cpu2 = pg_cpu();
-    let singles = WriteSingles {
-        rows: single_rows,
-        claim_ms: percentiles(claim_ms),
-        write_ms: percentiles(write_ms),
-        postgres_cpu_ms_per_row: cpu2.zip(cpu1).map(|(b, a)| (b - a) * 1e3 / single_rows.max(1) as f64),
-    };
-    Ok(DbWrite { batches, singles })
+    Ok((percentiles(claim_ms), percentiles(write_ms)))
 }
 
 /// A bulk insert with the per-row notify trigger, without any notify trigger, and with the

@@ -24,6 +24,15 @@ pub struct Results {
     pub idle: Idle,
     pub memory: Memory,
     pub targets: Vec<Target>,
+    /// Cores used per phase by the daemon, PostgreSQL, the bench and everything else.
+    pub phases: Vec<PhaseUsage>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseUsage {
+    pub phase: String,
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -281,6 +290,15 @@ pub fn table(r: &Results) -> String {
         m.batch_size,
         if m.daemon_args.is_empty() { String::new() } else { format!(" {}", m.daemon_args.join(" ")) }
     );
+    if m.other_cores_max.is_some_and(|o| o > 0.25) {
+        let noisy: Vec<String> = r
+            .phases
+            .iter()
+            .filter(|p| p.usage.other_cores.is_some_and(|o| o > 0.25))
+            .map(|p| format!("{} {}", p.phase, f(p.usage.other_cores, 2)))
+            .collect();
+        let _ = writeln!(o, "NOISY: other programs shared the cores (cores used by others: {}); times are pessimistic", noisy.join(", "));
+    }
     if m.quick {
         let _ = writeln!(o, "QUICK RUN: counts shrunk to prove the command works; the numbers mean little");
     }
@@ -393,6 +411,13 @@ pub fn table(r: &Results) -> String {
         f(s.accounted_ms, 2),
         f(s.measured_p50_ms, 2),
         f(s.unaccounted_ms, 2)
+    );
+    let d = &r.db_write.singles;
+    let _ = writeln!(
+        o,
+        "   (claim and write as the daemon runs them, synchronous_commit off; waiting for each WAL flush they take {} + {} ms)",
+        f(d.claim_ms_sync_commit.p50, 2),
+        f(d.write_ms_sync_commit.p50, 2)
     );
 
     let t = &r.trigger_overhead;
