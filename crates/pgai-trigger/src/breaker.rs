@@ -2,10 +2,12 @@
 //! credentials) must not burn every row's attempts in seconds.
 //!
 //! The rule: the first failing row pays an attempt. If another, different row fails before
-//! anything succeeds, the provider is suspect: that row is given back without an attempt and
-//! the whole pipeline pauses with a growing, jittered delay; while suspect it probes with one
-//! row at a time. One success closes the breaker. A single poison row keeps failing alone, pays
-//! an attempt each time and ends `failed`, as it should.
+//! anything succeeds, the provider is suspect (the worker then embeds a known-good canary
+//! text: if that works, the rows are at fault and pay their attempts, and the breaker closes).
+//! A suspect provider gets the row back without an attempt and the whole pipeline pauses with
+//! a growing, jittered delay; while suspect it probes with one row at a time. One success
+//! closes the breaker. A single poison row keeps failing alone, pays an attempt each time and
+//! ends `failed`, as it should.
 
 use std::time::{Duration, Instant};
 

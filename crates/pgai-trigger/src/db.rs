@@ -31,3 +31,20 @@ pub async fn connect(url: &str, application_name: &str) -> Result<(Client, JoinH
     });
     Ok((client, task))
 }
+
+/// Longest the daemon waits for one statement of its own (a claim, a batch write, a lease
+/// renewal). A connection that stops answering without an error (a black-holed network path)
+/// would otherwise stall the worker until TCP keepalive gives up, minutes later.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs a database call under [`STATEMENT_DEADLINE`]; a call past it fails as a lost
+/// connection, so the caller reconnects.
+pub async fn within<T>(what: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(STATEMENT_DEADLINE, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Connection(format!(
+            "{what} got no answer within {} s",
+            STATEMENT_DEADLINE.as_secs()
+        ))),
+    }
+}

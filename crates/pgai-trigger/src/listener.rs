@@ -135,7 +135,10 @@ async fn listen_once(
     backoff: &mut Backoff,
     connected_before: &mut bool,
 ) -> Result<std::convert::Infallible> {
-    let (client, mut conn) = crate::db::pg_config(url, app_name)?.connect(NoTls).await?;
+    // A server that accepts the connection but never answers must not hang the listener.
+    let (client, mut conn) = tokio::time::timeout(PROBE_EVERY * 2, crate::db::pg_config(url, app_name)?.connect(NoTls))
+        .await
+        .map_err(|_| Error::Connection("listener connect timed out".into()))??;
     let probe_tag = format!("{PROBE_PREFIX}{}:", std::process::id());
     let probes_seen = std::sync::atomic::AtomicU64::new(0);
     // The connection must be polled for notifications to arrive; this future does nothing else.
@@ -163,7 +166,9 @@ async fn listen_once(
         }
     };
     let work = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL_NEEDED}")).await?;
+        tokio::time::timeout(PROBE_EVERY, client.batch_execute(&format!("LISTEN {CHANNEL_NEEDED}")))
+            .await
+            .map_err(|_| Error::Connection("LISTEN got no answer".into()))??;
         monitor.listener_connected.store(true, Relaxed);
         monitor.listener_degraded.store(false, Relaxed);
         if *connected_before {

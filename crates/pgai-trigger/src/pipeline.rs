@@ -23,6 +23,7 @@ use crate::breaker::{Breaker, Verdict};
 use crate::claim::{Claim, Claimer};
 use crate::config::Config;
 use crate::embedder::{EmbedResult, EmbedService};
+use crate::db::within;
 use crate::error::Result;
 use crate::listener::Wake;
 use crate::monitor::{LogLimiter, Monitor};
@@ -32,6 +33,9 @@ use crate::writeback::Writer;
 pub const BATCHES_IN_FLIGHT: usize = 2;
 /// How often the queue gauges are sampled from the database.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// A text any working provider embeds: when rows fail across the board, it tells a provider
+/// outage (the canary fails too) from rows the provider rejects (the canary passes).
+const CANARY: &str = "pgai-trigger provider check";
 /// Poll interval while the listener is down or degraded (the fallback must then carry pickup).
 const DEGRADED_POLL: Duration = Duration::from_millis(250);
 
@@ -98,16 +102,20 @@ impl Worker {
     ) -> Result<()> {
         let cfg = &self.config;
         let app = format!("pgai-trigger {}", cfg.worker_id);
-        let (claim_db, _claim_task) = crate::db::connect(&cfg.database_url, &app).await?;
-        let (write_db, _write_task) = crate::db::connect(&cfg.database_url, &app).await?;
-        for db in [&claim_db, &write_db] {
-            db.batch_execute("SET synchronous_commit = off").await?;
-        }
-        let mut claimer = Claimer::prepare(&claim_db, &cfg.table, &cfg.worker_id).await?;
-        let writer = Writer::prepare(&write_db, &cfg.table, self.embed.model_name()).await?;
+        let (claim_db, _claim_task) = within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
+        let (write_db, _write_task) = within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
+        let (mut claimer, writer) = within("prepare", async {
+            for db in [&claim_db, &write_db] {
+                db.batch_execute("SET synchronous_commit = off").await?;
+            }
+            let claimer = Claimer::prepare(&claim_db, &cfg.table, &cfg.worker_id).await?;
+            let writer = Writer::prepare(&write_db, &cfg.table, self.embed.model_name()).await?;
+            Ok((claimer, writer))
+        })
+        .await?;
         // Batches this daemon claimed on a connection it has since lost are abandoned: give them
         // back now rather than after their lease.
-        let released = claimer.release_own(&claim_db).await?;
+        let released = within("release", claimer.release_own(&claim_db)).await?;
         shared.active.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if released > 0 {
             tracing::info!(rows = released, "released claims abandoned by a lost connection");
@@ -159,7 +167,7 @@ impl Worker {
             };
             let limit = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).claim_limit(cfg.batch_size);
             let hinted = self.wake.hints.take_newest(limit);
-            let claim = claimer.claim(db, &hinted, limit, lease, cfg.max_retries).await?;
+            let claim = within("claim", claimer.claim(db, &hinted, limit, lease, cfg.max_retries)).await?;
             if claim.rows.is_empty() {
                 drop(permit);
                 let poll = if cfg.immediate_trigger
@@ -220,7 +228,7 @@ impl Worker {
     }
 
     async fn write(&self, db: &Client, writer: &Writer, claim: &Claim, vectors: Vec<Vec<f32>>) -> Result<()> {
-        let written = writer.complete(db, claim, vectors).await?;
+        let written = within("vector write", writer.complete(db, claim, vectors)).await?;
         let m = &self.monitor;
         m.record_batch(claim.rows.len());
         m.processed.fetch_add(written.len() as u64, Relaxed);
@@ -250,7 +258,7 @@ impl Worker {
                         // The provider is down: give the rest back untouched.
                         let rest: Vec<&str> = claim.rows[i + 1..].iter().map(|r| r.id.as_str()).collect();
                         if !rest.is_empty() {
-                            let n = writer.release(db, claim, &rest).await?;
+                            let n = within("release", writer.release(db, claim, &rest)).await?;
                             self.monitor.released.fetch_add(n, Relaxed);
                         }
                         break;
@@ -275,12 +283,19 @@ impl Worker {
         let cfg = &self.config;
         let error: String = error.replace('\n', " ").chars().take(1000).collect();
         self.monitor.record_error(error.clone());
-        let verdict = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_failure(id, Instant::now());
+        let mut verdict = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_failure(id, Instant::now());
+        if matches!(verdict, Verdict::ProviderDown(_)) && self.embed.embed(vec![CANARY.to_string()]).await.is_ok() {
+            // The provider embeds a known-good text: it is up, and these rows are the problem.
+            shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+            self.monitor.provider_paused.store(false, Relaxed);
+            verdict = Verdict::CountAttempt;
+        }
         match verdict {
             Verdict::CountAttempt => {
                 tracing::warn!(row = id, error = %error, "embedding failed; the row will be retried with backoff");
-                let n = writer
-                    .fail(
+                let n = within(
+                    "failure record",
+                    writer.fail(
                         db,
                         claim,
                         &[id],
@@ -288,8 +303,9 @@ impl Worker {
                         cfg.max_retries,
                         cfg.retry_interval.as_secs_f64(),
                         cfg.retry_cap.as_secs_f64(),
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 self.monitor.failed_attempts.fetch_add(n, Relaxed);
                 Ok(false)
             }
@@ -300,7 +316,7 @@ impl Worker {
                     "embedding fails across rows: pausing the pipeline, rows keep their attempts"
                 );
                 self.monitor.provider_paused.store(true, Relaxed);
-                let n = writer.release(db, claim, &[id]).await?;
+                let n = within("release", writer.release(db, claim, &[id])).await?;
                 self.monitor.released.fetch_add(n, Relaxed);
                 Ok(true)
             }
@@ -323,12 +339,12 @@ impl Worker {
                     let tokens: Vec<String> =
                         shared.active.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
                     if !tokens.is_empty() {
-                        let n = writer.renew(db, &tokens, cfg.lease.as_secs_f64()).await?;
+                        let n = within("lease renewal", writer.renew(db, &tokens, cfg.lease.as_secs_f64())).await?;
                         self.monitor.renewals.fetch_add(n, Relaxed);
                     }
                 }
                 _ = sample_tick.tick() => {
-                    self.monitor.sample(db, &cfg.table).await?;
+                    within("queue sample", self.monitor.sample(db, &cfg.table)).await?;
                 }
             }
         }

@@ -113,7 +113,7 @@ async fn s08a_provider_fails_then_recovers() {
 /// `max_retries` with the error kept; the others complete. `retry-failed` (once the provider
 /// accepts them) puts them back, and they complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting on: the provider breaker telling rejected rows from a provider outage (with only rejected rows due, it pauses for good and never counts their attempts)"]
+
 async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
     let (url, db) = scenario_db("rejects").await;
     let (service, hooks) = faulty_model().await;
@@ -195,8 +195,9 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
         );
     }
     assert_eq!(failed_rows.len(), 3);
+    // The running daemon may claim (or already finish) them the moment they are put back.
     assert!(
-        back.iter().all(|b| b == &("pending".to_string(), 0)),
+        back.iter().all(|(status, count)| *count == 0 && ["pending", "processing", "completed"].contains(&status.as_str())),
         "retry-failed resets status and count: {back:?}"
     );
     st.assert_clean(&[]);

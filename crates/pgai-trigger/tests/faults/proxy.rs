@@ -110,7 +110,7 @@ fn server_port(url: &str) -> u16 {
 /// Rows are still picked up by the fallback poll, and the listener must give up on that
 /// connection and listen on a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting on: a timeout around the listener's connect + LISTEN (a LISTEN that never answers hangs the listener for good)"]
+
 async fn listener_hung_at_listen_is_replaced() {
     let (url, db) = scenario_db("hung_listen").await;
     let proxy = Proxy::start(server_port(&url)).await;
@@ -162,7 +162,7 @@ async fn listener_hung_at_listen_is_replaced() {
 /// answers on the same address). The listener's probe notices; the worker's connections must
 /// be noticed too, or no row is embedded again until TCP keepalive gives up (minutes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting on: a deadline on the worker's claim/write statements (a black-holed worker connection stalls all embedding until TCP keepalive gives up)"]
+
 async fn black_holed_connections_are_replaced() {
     let (url, db) = scenario_db("black_hole").await;
     let proxy = Proxy::start(server_port(&url)).await;
