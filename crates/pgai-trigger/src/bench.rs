@@ -560,6 +560,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut results = Results {
         meta: Meta {
             command: std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>().join(" "),
+            git: std::process::Command::new("git")
+                .args(["describe", "--always", "--dirty", "--abbrev=10"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
             started_utc,
             duration_s: started.elapsed().as_secs_f64(),
             cores,

@@ -38,6 +38,9 @@ pub struct PhaseUsage {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Meta {
     pub command: String,
+    /// `git describe --always --dirty` of the working directory (best effort: the binaries are
+    /// whatever was built from it).
+    pub git: Option<String>,
     pub started_utc: String,
     pub duration_s: f64,
     pub cores: usize,
@@ -270,7 +273,7 @@ pub fn table(r: &Results) -> String {
     let mut o = String::new();
     let m = &r.meta;
     let _ = writeln!(o, "pgai-trigger bench, {} UTC, {:.0} s", m.started_utc, m.duration_s);
-    let _ = writeln!(o, "command:  {}", m.command);
+    let _ = writeln!(o, "command:  {}   (git {})", m.command, m.git.as_deref().unwrap_or("?"));
     let _ = writeln!(
         o,
         "machine:  {} cores ({}), load average at start {}; other programs used up to {} cores during a phase",
