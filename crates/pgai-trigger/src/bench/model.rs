@@ -1,7 +1,8 @@
 //! The model alone, in this process, without a database: the same texts and batch sizes the
-//! daemon gets, through the same [`OnnxEmbedder`] (and the same number of threads). The
+//! daemon gets, through the same [`OnnxEmbedder`] (and the same number of threads) and the
+//! same length-sorted chunking under the daemon's token budget ([`embed_in_chunks`]). The
 //! tokenizer is timed on its own, loaded with the same overrides, so a row's model time splits
-//! into tokenization and inference.
+//! into tokenization (the chunker's token count plus the model's encoding) and inference.
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use pgai_embed::{Embedder, ModelFiles, OnnxEmbedder, MAX_TOKENS};
 use tokenizers::{PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::probe;
+use crate::embedder::{embed_in_chunks, TOKEN_BUDGET};
 use super::texts::Profile;
 use crate::monitor::{percentiles, Percentiles};
 
@@ -20,7 +22,7 @@ pub struct Single {
     pub runs: usize,
     /// Whole `embed` call (tokenize + inference), ms.
     pub embed_ms: Percentiles,
-    /// Tokenization alone, ms.
+    /// Tokenization alone (token count + encoding), ms.
     pub tokenize_ms: Percentiles,
 }
 
@@ -31,7 +33,7 @@ pub struct Batched {
     pub rows: usize,
     pub secs: f64,
     pub rows_per_s: f64,
-    /// Wall time per row spent tokenizing (inside `embed`).
+    /// Wall time per row spent tokenizing: the chunker's token count and the encoding.
     pub tokenize_ms_per_row: f64,
     /// Wall time per row of the rest of `embed`: tensors, inference, output.
     pub model_ms_per_row: f64,
@@ -81,6 +83,7 @@ pub fn measure(
     let tokenizer = tokenizer(&files)?;
     let (short, vectors) = profile(&mut model, &tokenizer, batch_size, short, pb)?;
     let (long, _) = profile(&mut model, &tokenizer, batch_size, long, pb)?;
+    drop(model);
     Ok((RawModel { threads, load_s, short, long }, vectors))
 }
 
@@ -103,7 +106,7 @@ fn ms(since: Instant) -> f64 {
 }
 
 fn profile(
-    model: &mut OnnxEmbedder,
+    model: &mut dyn Embedder,
     tokenizer: &Tokenizer,
     batch_size: usize,
     texts: ProfileTexts<'_>,
@@ -120,15 +123,16 @@ fn profile(
 
     // Alone. A few calls first: the first runs of a session allocate.
     for t in texts.single.iter().take(3) {
-        model.embed(&[t])?;
+        embed_in_chunks(model, &[t], TOKEN_BUDGET)?;
     }
     let mut embed_ms = Vec::new();
     let mut tokenize_ms = Vec::new();
     for t in texts.single {
         let s = Instant::now();
-        model.embed(&[t])?;
+        embed_in_chunks(model, &[t], TOKEN_BUDGET)?;
         embed_ms.push(ms(s));
         let s = Instant::now();
+        model.count_tokens(t)?;
         tokenizer.encode(t.as_str(), true).map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
         tokenize_ms.push(ms(s));
         pb.inc(1);
@@ -137,19 +141,22 @@ fn profile(
     // Batches: inference first (its CPU is measured alone), then tokenization alone.
     let chunks: Vec<Vec<&str>> = texts.batch.chunks(batch_size).map(|c| c.iter().map(String::as_str).collect()).collect();
     if let Some(first) = chunks.first() {
-        model.embed(first)?;
+        embed_in_chunks(model, first, TOKEN_BUDGET)?;
     }
     let mut vectors = Vec::with_capacity(texts.batch.len());
     let cpu0 = probe::own_cpu();
     let started = Instant::now();
     for c in &chunks {
-        vectors.extend(model.embed(c)?);
+        vectors.extend(embed_in_chunks(model, c, TOKEN_BUDGET)?);
         pb.inc(c.len() as u64);
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = probe::own_cpu().zip(cpu0).map(|(b, a)| b - a);
     let started = Instant::now();
     for c in &chunks {
+        for t in c {
+            model.count_tokens(t)?;
+        }
         tokenizer.encode_batch(c.clone(), true).map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
     }
     let tokenize_s = started.elapsed().as_secs_f64();
