@@ -80,6 +80,17 @@ pub struct ConnArgs {
 }
 
 #[derive(Args)]
+struct SchemaArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// How writes wake the daemon: per-row (one NOTIFY per row, carrying its id: the lowest
+    /// latency) or per-statement (one NOTIFY per statement: for tables loaded in large batches,
+    /// where a NOTIFY per row makes concurrent commits queue on the server's notify lock).
+    #[arg(long, value_enum, default_value = "per-row")]
+    notify: schema::NotifyMode,
+}
+
+#[derive(Args)]
 struct UpArgs {
     /// Data directory of the embedded cluster (created on first run, reused after).
     #[arg(long, env = "PGAI_DATA_DIR")]
@@ -174,9 +185,9 @@ fn set<T>(slot: &mut T, v: Option<T>) {
 enum DbCommand {
     /// Create the extension, table, indexes and triggers that are missing (idempotent). Run as
     /// the table's owner.
-    Init(ConnArgs),
+    Init(SchemaArgs),
     /// Drop the table (all rows!) and create it again.
-    Recreate(ConnArgs),
+    Recreate(SchemaArgs),
     /// Print what is there, as JSON.
     Status(ConnArgs),
 }
@@ -292,10 +303,10 @@ async fn up_with(cluster: &Cluster, args: &UpArgs, mut settings: Settings) -> Re
 }
 
 async fn db(cmd: DbCommand, mut settings: Settings) -> Result<()> {
-    let (args, action) = match &cmd {
-        DbCommand::Init(a) => (a, "init"),
-        DbCommand::Recreate(a) => (a, "recreate"),
-        DbCommand::Status(a) => (a, "status"),
+    let (args, action, notify) = match &cmd {
+        DbCommand::Init(a) => (&a.conn, "init", a.notify),
+        DbCommand::Recreate(a) => (&a.conn, "recreate", a.notify),
+        DbCommand::Status(a) => (a, "status", schema::NotifyMode::PerRow),
     };
     args.apply(&mut settings);
     let table: Table = settings.table()?;
@@ -303,11 +314,11 @@ async fn db(cmd: DbCommand, mut settings: Settings) -> Result<()> {
     let dim = settings.embedding.dimensions.unwrap_or(pgai_embed::DIM);
     match action {
         "init" => {
-            schema::init(&client, &table, dim).await?;
+            schema::init_with(&client, &table, dim, notify).await?;
             println!("schema ready: table {}", table.name());
         }
         "recreate" => {
-            schema::recreate(&client, &table, dim).await?;
+            schema::recreate_with(&client, &table, dim, notify).await?;
             println!("schema recreated: table {}", table.name());
         }
         _ => {

@@ -79,7 +79,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// How the table's writes wake the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum NotifyMode {
     /// One notification per row, carrying its id (the default; lowest latency for single writes).
     #[default]
@@ -231,6 +231,11 @@ pub async fn init_with(client: &Client, table: &Table, dim: usize, notify: Notif
 
 /// Drops the table (and its rows) and creates it again.
 pub async fn recreate(client: &Client, table: &Table, dim: usize) -> Result<()> {
+    recreate_with(client, table, dim, NotifyMode::PerRow).await
+}
+
+/// Drops the table (and its rows) and creates it again with the given notifications.
+pub async fn recreate_with(client: &Client, table: &Table, dim: usize, notify: NotifyMode) -> Result<()> {
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
@@ -238,7 +243,7 @@ pub async fn recreate(client: &Client, table: &Table, dim: usize) -> Result<()> 
             table.derived("requeue")
         ))
         .await?;
-    init(client, table, dim).await
+    init_with(client, table, dim, notify).await
 }
 
 /// What `db status` reports.
