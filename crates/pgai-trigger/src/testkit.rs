@@ -91,6 +91,20 @@ pub async fn fresh_database(prefix: &str) -> String {
     cluster.url(&name)
 }
 
+/// The real model on one thread of its own, shared by every test of the process (loading it
+/// per test would cost time and memory). `threads` applies to the first call only.
+pub async fn shared_model(threads: usize) -> crate::EmbedService {
+    static MODEL: tokio::sync::OnceCell<crate::EmbedService> = tokio::sync::OnceCell::const_new();
+    MODEL
+        .get_or_init(|| async move {
+            crate::EmbedService::start_default(threads)
+                .await
+                .unwrap_or_else(|e| panic!("loading the model: {e}"))
+        })
+        .await
+        .clone()
+}
+
 /// A TCP port on 127.0.0.1 free right now, never the same twice in this process.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);

@@ -14,17 +14,12 @@ use pgai_trigger::store::{Mode, NewItem, Store, StoreFactory};
 use pgai_trigger::testkit::{fresh_database, wait_for};
 use pgai_trigger::{Config, EmbedService};
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn model() -> EmbedService {
-    static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async { EmbedService::start_default(2).await.unwrap_or_else(|e| panic!("loading the model: {e}")) })
-        .await
-        .clone()
+    pgai_trigger::testkit::shared_model(2).await
 }
 
 /// A database with the schema, a store running its daemon, and the API on a free port.

@@ -10,18 +10,13 @@ use pgai_trigger::schema::{self, Table};
 use pgai_trigger::testkit::{fresh_database, free_port, wait_for, TestDir};
 use pgai_trigger::{Config, Daemon, EmbedService};
 use serde_json::Value;
-use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgai-trigger");
 const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn model() -> EmbedService {
-    static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async { EmbedService::start_default(2).await.unwrap_or_else(|e| panic!("loading the model: {e}")) })
-        .await
-        .clone()
+    pgai_trigger::testkit::shared_model(2).await
 }
 
 async fn schema_db(prefix: &str) -> (String, Client) {

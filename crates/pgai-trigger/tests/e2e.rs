@@ -10,20 +10,13 @@ use pgai_trigger::testkit::{fresh_database, wait_for};
 use pgai_trigger::writeback::Writer;
 use pgai_trigger::{Config, Daemon, EmbedService};
 use pgvector::Vector;
-use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One model thread for the whole test process.
 async fn model() -> EmbedService {
-    static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async {
-            EmbedService::start_default(2).await.unwrap_or_else(|e| panic!("loading the model: {e}"))
-        })
-        .await
-        .clone()
+    pgai_trigger::testkit::shared_model(2).await
 }
 
 async fn connect(url: &str) -> Client {

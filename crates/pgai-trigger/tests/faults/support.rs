@@ -14,7 +14,6 @@ use pgai_trigger::schema::{self, Table};
 use pgai_trigger::testkit::fresh_database;
 use pgai_trigger::EmbedService;
 use pgvector::Vector;
-use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -24,15 +23,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The unmodified model, shared by the whole test process: daemons that need no hooks, and the
 /// end assertion's expected vectors.
 pub async fn model() -> EmbedService {
-    static MODEL: OnceCell<EmbedService> = OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async {
-            EmbedService::start_default(1)
-                .await
-                .unwrap_or_else(|e| panic!("loading the model: {e}"))
-        })
-        .await
-        .clone()
+    pgai_trigger::testkit::shared_model(1).await
 }
 
 // ---------------------------------------------------------------------------------------------
