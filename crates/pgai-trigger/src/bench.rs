@@ -106,7 +106,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5.0)]
     pub trickle_rate: f64,
     /// Short texts the raw model embeds in batches; their vectors are then written to measure
-    /// the database's cost per row [default: 2000; quick: 64].
+    /// the database's cost per row, into an index growing as the burst's does [default: the
+    /// burst's rows, the very same texts].
     #[arg(long)]
     pub raw_rows: Option<usize>,
     /// Long texts the raw model embeds in batches [default: 256; quick: 8].
@@ -129,8 +130,14 @@ pub struct BenchArgs {
     /// JSON to this file and exit, to time other embedders on the very same texts.
     #[arg(long, value_name = "FILE")]
     pub write_texts: Option<PathBuf>,
+    /// A Python with `sentence-transformers` installed (e.g. a venv's bin/python): the same
+    /// texts are then also embedded by sentence-transformers (PyTorch, CPU, one thread per
+    /// core) in this run, and the raw-model target compares against that measurement.
+    #[arg(long, value_name = "PYTHON")]
+    pub st_python: Option<PathBuf>,
     /// sentence-transformers' rows/s on batches of 32 short texts on this machine (the
-    /// PyTorch reference; docs/ENVIRONMENT.md measured ~390), for the raw-model target.
+    /// PyTorch reference; docs/ENVIRONMENT.md measured ~390), for the raw-model target when
+    /// --st-python is not given.
     #[arg(long, default_value_t = 390.0)]
     pub st_rows_per_s: f64,
 }
@@ -154,12 +161,13 @@ impl Plan {
     fn new(a: &BenchArgs) -> Result<Plan> {
         let q = a.quick;
         let pick = |explicit: Option<usize>, full: usize, quick: usize| explicit.unwrap_or(if q { quick } else { full });
+        let burst_rows = pick(a.burst_rows, 10_000, 64).max(1);
         let plan = Plan {
             latency_rows: pick(a.latency_rows, 500, 10).max(1),
             warmup: pick(a.warmup, 20, 2),
-            burst_rows: pick(a.burst_rows, 10_000, 64).max(1),
+            burst_rows,
             burst_rows_long: pick(a.burst_rows_long, 2_000, 16).max(1),
-            raw_rows: pick(a.raw_rows, 2_000, 64).max(2),
+            raw_rows: a.raw_rows.unwrap_or(burst_rows).max(3),
             raw_rows_long: pick(a.raw_rows_long, 256, 8).max(1),
             single_rows: pick(a.single_rows, 200, 5).max(1),
             overhead_rows: pick(a.overhead_rows, 100_000, 2_000).max(1),
@@ -343,7 +351,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut note = |phase: String, u: &Usage| phases.push(report::PhaseUsage { phase, usage: *u });
 
     // 4a. The model alone.
-    let pb = bar("raw model (no database)", (plan.single_rows + plan.raw_rows + single_long + plan.raw_rows_long) as u64);
+    let paced = 2 * plan.single_rows.min(100) + single_long.min(50);
+    let pb = bar("raw model (no database)", (plan.single_rows + plan.raw_rows + single_long + plan.raw_rows_long + paced) as u64);
     let before = Probe::now(watched(None));
     let (raw, vectors) = {
         let (bs, bl, ls, ll) = (
@@ -352,18 +361,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             lat_short[..plan.single_rows].to_vec(),
             lat_long[..single_long].to_vec(),
         );
-        let (pb2, batch) = (pb.clone(), args.batch_size);
+        let (pb2, batch, rate, rate_long) = (pb.clone(), args.batch_size, args.rate, args.rate_long);
         tokio::task::spawn_blocking(move || {
             model::measure(
                 cores,
                 batch,
-                model::ProfileTexts { profile: Profile::Short, single: &ls, batch: &bs },
-                model::ProfileTexts { profile: Profile::Long, single: &ll, batch: &bl },
+                model::ProfileTexts { profile: Profile::Short, single: &ls, batch: &bs, paced_rate: rate },
+                model::ProfileTexts { profile: Profile::Long, single: &ll, batch: &bl, paced_rate: rate_long },
                 &pb2,
             )
         })
         .await??
     };
+    let mut raw = raw;
+    if let Some(python) = &args.st_python {
+        let texts = model::StTexts {
+            batch_size: args.batch_size,
+            short_batched: &burst_short[..plan.raw_rows],
+            long_batched: &burst_long[..plan.raw_rows_long],
+            short_alone: &lat_short[..plan.single_rows],
+            long_alone: &lat_long[..single_long],
+        };
+        pb.set_message("sentence-transformers");
+        raw.sentence_transformers = Some(model::sentence_transformers(python, &scratch.dir, &texts, cores).await?);
+    }
     note("raw model".into(), &before.until(&Probe::now(watched(None))));
     done(
         pb,

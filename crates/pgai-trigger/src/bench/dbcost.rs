@@ -133,12 +133,12 @@ async fn lone_rows(
     pb: &ProgressBar,
 ) -> Result<(Percentiles, Percentiles)> {
     let (mut claim_ms, mut write_ms) = (Vec::new(), Vec::new());
-    for i in from..from + n {
+    for (i, vector) in vectors.iter().enumerate().skip(from).take(n) {
         // A lone row is claimed by the id its notification named, as the daemon does.
         let s = Instant::now();
         let claim = claimer.claim(db, &[format!("w-{i}")], 1, 30.0, 3).await?;
         claim_ms.push(s.elapsed().as_secs_f64() * 1e3);
-        let v = claim.rows.iter().map(|_| vectors[i].clone()).collect();
+        let v = claim.rows.iter().map(|_| vector.clone()).collect();
         let s = Instant::now();
         writer.complete(db, &claim, v).await?;
         write_ms.push(s.elapsed().as_secs_f64() * 1e3);

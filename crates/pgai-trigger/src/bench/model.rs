@@ -20,8 +20,15 @@ use crate::monitor::{percentiles, Percentiles};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Single {
     pub runs: usize,
-    /// Whole `embed` call (tokenize + inference), ms.
+    /// Whole `embed` call (tokenize + inference), ms, calls back to back.
     pub embed_ms: Percentiles,
+    /// The same, one call every 1/rate s as single inserts arrive: the runtime's threads have
+    /// gone to sleep and its caches gone cold between calls.
+    pub paced_rate_per_s: f64,
+    pub paced_embed_ms: Percentiles,
+    /// Paced too, on a session with one intra-op thread (short texts only): whether a lone
+    /// row is better served without the thread pool.
+    pub paced_one_thread_embed_ms: Option<Percentiles>,
     /// Tokenization alone (token count + encoding), ms.
     pub tokenize_ms: Percentiles,
 }
@@ -58,13 +65,18 @@ pub struct RawModel {
     pub load_s: f64,
     pub short: RawProfile,
     pub long: RawProfile,
+    /// The same texts through sentence-transformers (PyTorch), when --st-python was given.
+    pub sentence_transformers: Option<serde_json::Value>,
 }
 
 /// The texts of one profile: some embedded alone, some in batches.
+#[derive(Clone, Copy)]
 pub struct ProfileTexts<'a> {
     pub profile: Profile,
     pub single: &'a [String],
     pub batch: &'a [String],
+    /// Rate of the paced single calls.
+    pub paced_rate: f64,
 }
 
 /// Measures both profiles; returns also the vectors of `short.batch` (the database-write
@@ -81,10 +93,27 @@ pub fn measure(
     let mut model = OnnxEmbedder::load(&files, threads)?;
     let load_s = started.elapsed().as_secs_f64();
     let tokenizer = tokenizer(&files)?;
-    let (short, vectors) = profile(&mut model, &tokenizer, batch_size, short, pb)?;
-    let (long, _) = profile(&mut model, &tokenizer, batch_size, long, pb)?;
+    let (mut short_raw, vectors) = profile(&mut model, &tokenizer, batch_size, short, pb)?;
+    let (long_raw, _) = profile(&mut model, &tokenizer, batch_size, long, pb)?;
     drop(model);
-    Ok((RawModel { threads, load_s, short, long }, vectors))
+    if threads > 1 {
+        let mut one = OnnxEmbedder::load(&files, 1)?;
+        let gap = std::time::Duration::from_secs_f64(1.0 / short.paced_rate);
+        let texts = &short.single[..short.single.len().min(100)];
+        for t in texts.iter().take(3) {
+            embed_in_chunks(&mut one, &[t], TOKEN_BUDGET)?;
+        }
+        let mut paced = Vec::new();
+        for t in texts {
+            std::thread::sleep(gap);
+            let s = Instant::now();
+            embed_in_chunks(&mut one, &[t], TOKEN_BUDGET)?;
+            paced.push(ms(s));
+            pb.inc(1);
+        }
+        short_raw.single.paced_one_thread_embed_ms = Some(percentiles(paced));
+    }
+    Ok((RawModel { threads, load_s, short: short_raw, long: long_raw, sentence_transformers: None }, vectors))
 }
 
 /// `tokenizer.json` with the overrides `pgai-embed` applies (truncate at 256, pad to the
@@ -138,6 +167,17 @@ fn profile(
         pb.inc(1);
     }
 
+    // Alone, paced: single inserts arrive 1/rate apart, not back to back.
+    let gap = std::time::Duration::from_secs_f64(1.0 / texts.paced_rate);
+    let mut paced_ms = Vec::new();
+    for t in texts.single.iter().take(if texts.profile == Profile::Short { 100 } else { 50 }) {
+        std::thread::sleep(gap);
+        let s = Instant::now();
+        embed_in_chunks(model, &[t], TOKEN_BUDGET)?;
+        paced_ms.push(ms(s));
+        pb.inc(1);
+    }
+
     // Batches: inference first (its CPU is measured alone), then tokenization alone.
     let chunks: Vec<Vec<&str>> = texts.batch.chunks(batch_size).map(|c| c.iter().map(String::as_str).collect()).collect();
     if let Some(first) = chunks.first() {
@@ -170,6 +210,102 @@ fn profile(
         model_ms_per_row: (secs - tokenize_s).max(0.0) * 1e3 / rows,
         cpu_ms_per_row: cpu.map(|c| c * 1e3 / rows),
     };
-    let single = Single { runs: texts.single.len(), embed_ms: percentiles(embed_ms), tokenize_ms: percentiles(tokenize_ms) };
+    let single = Single {
+        runs: texts.single.len(),
+        embed_ms: percentiles(embed_ms),
+        paced_rate_per_s: texts.paced_rate,
+        paced_embed_ms: percentiles(paced_ms),
+        paced_one_thread_embed_ms: None,
+        tokenize_ms: percentiles(tokenize_ms),
+    };
     Ok((RawProfile { profile: texts.profile, mean_tokens, single, batch }, vectors))
+}
+
+/// The texts handed to sentence-transformers.
+#[derive(serde::Serialize)]
+pub struct StTexts<'a> {
+    pub batch_size: usize,
+    pub short_batched: &'a [String],
+    pub long_batched: &'a [String],
+    pub short_alone: &'a [String],
+    pub long_alone: &'a [String],
+}
+
+/// Times sentence-transformers on the texts: alone (P50/P99 ms) and batched (rows/s), per
+/// profile. Prints one JSON object.
+const ST_SCRIPT: &str = r#"
+import json, sys, time
+import torch, sentence_transformers
+from sentence_transformers import SentenceTransformer
+texts = json.load(open(sys.argv[1]))
+torch.set_num_threads(int(sys.argv[3]))
+model = SentenceTransformer(sys.argv[2], device="cpu")
+bs = texts["batch_size"]
+def pct(v, p):
+    v = sorted(v)
+    return v[max(0, min(len(v), int(-(-p * len(v) // 1))) - 1)]
+def alone(ts):
+    for t in ts[:3]:
+        model.encode([t])
+    ms = []
+    for t in ts:
+        s = time.perf_counter()
+        model.encode([t])
+        ms.append((time.perf_counter() - s) * 1e3)
+    return {"runs": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+def batched(ts):
+    model.encode(ts[:bs], batch_size=bs)
+    s = time.perf_counter()
+    model.encode(ts, batch_size=bs)
+    return {"rows": len(ts), "rows_per_s": len(ts) / (time.perf_counter() - s)}
+out = {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
+       "threads": torch.get_num_threads(), "max_seq_length": model.max_seq_length, "batch_size": bs}
+for p in ("short", "long"):
+    out[p] = {"alone": alone(texts[p + "_alone"]), "batched": batched(texts[p + "_batched"])}
+print(json.dumps(out))
+"#;
+
+/// Runs sentence-transformers on `texts` with `python`; its JSON report.
+pub async fn sentence_transformers(
+    python: &std::path::Path,
+    scratch: &std::path::Path,
+    texts: &StTexts<'_>,
+    threads: usize,
+) -> Result<serde_json::Value> {
+    let texts_path = scratch.join("st-texts.json");
+    let script_path = scratch.join("st_bench.py");
+    std::fs::write(&texts_path, serde_json::to_string(texts)?)?;
+    std::fs::write(&script_path, ST_SCRIPT)?;
+    let files = ModelFiles::locate()?;
+    // The sentence-transformers model directory: where model.onnx sits, or above onnx/.
+    let mut model_dir = files.onnx.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    if model_dir.ends_with("onnx") {
+        model_dir.pop();
+    }
+    let out = tokio::process::Command::new(python)
+        .arg(&script_path)
+        .arg(&texts_path)
+        .arg(&model_dir)
+        .arg(threads.to_string())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TOKENIZERS_PARALLELISM", "true")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match (out.status.success(), last) {
+        (true, Some(line)) => Ok(serde_json::from_str(line)?),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(8).collect();
+            anyhow::bail!(
+                "sentence-transformers via {} failed ({}):\n{}",
+                python.display(),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        }
+    }
 }
