@@ -373,7 +373,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         })
         .await??
     };
+    note("raw model".into(), &before.until(&Probe::now(watched(None))));
     let mut raw = raw;
+    // Not a noted phase: sentence-transformers is a process of its own, which the probe would
+    // count as other programs' load.
     if let Some(python) = &args.st_python {
         let texts = model::StTexts {
             batch_size: args.batch_size,
@@ -385,7 +388,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         pb.set_message("sentence-transformers");
         raw.sentence_transformers = Some(model::sentence_transformers(python, &scratch.dir, &texts, cores).await?);
     }
-    note("raw model".into(), &before.until(&Probe::now(watched(None))));
     done(
         pb,
         format!(
@@ -573,11 +575,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .collect(),
         single_short: report::single_row(&raw, &db_write, measured_p50),
     };
+    // Every daemon but the idle one worked under load (bursts, or inserts at a steady rate).
     let under_load = stopped
         .iter()
-        .filter(|s| s.label.ends_with("-immediate"))
+        .filter(|s| !s.label.ends_with("-idle"))
         .filter_map(|s| s.peak_rss_mb)
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        .reduce(f64::max);
     let mut results = Results {
         meta: Meta {
             command: std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>().join(" "),

@@ -165,7 +165,7 @@ pub struct Idle {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Memory {
     pub daemons: Vec<Stopped>,
-    /// The largest peak of the daemons that drained a burst.
+    /// The largest peak of the daemons that worked (all but the idle-window one).
     pub peak_rss_mb_under_load: Option<f64>,
 }
 
