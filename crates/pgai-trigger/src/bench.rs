@@ -130,6 +130,9 @@ pub struct BenchArgs {
     /// JSON to this file and exit, to time other embedders on the very same texts.
     #[arg(long, value_name = "FILE")]
     pub write_texts: Option<PathBuf>,
+    /// Redraw the SVG plot of an earlier run from its JSON (written next to it) and exit.
+    #[arg(long, value_name = "JSON")]
+    pub replot: Option<PathBuf>,
     /// A Python with `sentence-transformers` installed (e.g. a venv's bin/python): the same
     /// texts are then also embedded by sentence-transformers (PyTorch, CPU, one thread per
     /// core) in this run, and the raw-model target compares against that measurement.
@@ -273,6 +276,9 @@ fn ms(v: Option<f64>) -> String {
 
 /// Runs the bench as `args` says; prints the table and writes JSON, table and plot.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(json) = &args.replot {
+        return replot(json);
+    }
     let plan = Plan::new(&args)?;
     let started = Instant::now();
 
@@ -684,52 +690,67 @@ fn report_pct(v: Option<f64>) -> String {
 
 /// Writes the JSON, the table (.txt) and the plot (.svg), and prints the table.
 fn write_outputs(r: &Results, json: &Path) -> Result<()> {
-    std::fs::write(json, serde_json::to_string_pretty(r)? + "\n").with_context(|| format!("writing {}", json.display()))?;
+    let doc = serde_json::to_value(r)?;
+    std::fs::write(json, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", json.display()))?;
     let text = report::table(r);
     let txt = json.with_extension("txt");
     std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
-    let colors = [
-        (Profile::Short, Mode::Immediate, "#1f77b4", false),
-        (Profile::Short, Mode::Polling, "#1f77b4", true),
-        (Profile::Long, Mode::Immediate, "#d62728", false),
-        (Profile::Long, Mode::Polling, "#d62728", true),
-    ];
-    let mut series: Vec<svg::Series> = colors
-        .iter()
-        .filter_map(|(p, m, color, dashed)| {
-            r.latency_of(*p, *m).map(|run| svg::Series {
-                label: format!("{}, {} ({}/s)", p.name(), m.name(), run.rate_per_s),
-                color,
-                dashed: *dashed,
-                samples: &run.latencies.samples_ms,
-            })
-        })
-        .collect();
-    for b in &r.burst {
-        series.push(svg::Series {
-            label: format!("{}: singles during a {}-row burst", b.profile.name(), b.burst.rows),
-            color: "#2ca02c",
-            dashed: b.profile == Profile::Long,
-            samples: &b.burst.trickle.samples_ms,
-        });
+    let svg_path = json.with_extension("svg");
+    std::fs::write(&svg_path, plot(&doc)).with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("{text}");
+    println!("wrote {}, {}, {}", json.display(), txt.display(), svg_path.display());
+    Ok(())
+}
+
+/// The latency plot of a results document (the run's own, or one read back by --replot).
+fn plot(doc: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let samples = |v: &serde_json::Value| -> Vec<f64> {
+        let mut s: Vec<f64> = v.as_array().unwrap_or(&empty).iter().filter_map(|x| x.as_f64()).collect();
+        s.sort_by(f64::total_cmp);
+        s
+    };
+    let mut owned: Vec<(String, &str, bool, Vec<f64>)> = Vec::new();
+    let colors = [("short", "#1f77b4"), ("long", "#d62728")];
+    for (profile, color) in colors {
+        for mode in ["immediate", "polling"] {
+            let run = doc["latency"].as_array().unwrap_or(&empty).iter().find(|r| r["profile"] == profile && r["mode"] == mode);
+            if let Some(run) = run {
+                let label = format!("{profile}, {mode} ({}/s)", run["rate_per_s"]);
+                owned.push((label, color, mode == "polling", samples(&run["samples_ms"])));
+            }
+        }
     }
-    let m = &r.meta;
-    let plot = svg::cdf(
+    for b in doc["burst"].as_array().unwrap_or(&empty) {
+        let profile = b["profile"].as_str().unwrap_or("?");
+        let label = format!("{profile}: singles during a {}-row burst", b["rows"]);
+        owned.push((label, "#2ca02c", profile == "long", samples(&b["trickle"]["samples_ms"])));
+    }
+    let series: Vec<svg::Series> = owned
+        .iter()
+        .map(|(label, color, dashed, s)| svg::Series { label: label.clone(), color, dashed: *dashed, samples: s })
+        .collect();
+    let m = &doc["meta"];
+    svg::cdf(
         "pgai-trigger: insert commit → vector written and announced",
         &format!(
             "{} cores, PostgreSQL {} fsync {}, {} UTC{}",
-            m.cores,
-            m.postgres_version,
-            m.fsync,
-            m.started_utc,
-            if m.quick { " (quick run)" } else { "" }
+            m["cores"],
+            m["postgres_version"].as_str().unwrap_or("?"),
+            m["fsync"].as_str().unwrap_or("?"),
+            m["started_utc"].as_str().unwrap_or("?"),
+            if m["quick"] == true { " (quick run)" } else { "" }
         ),
         &series,
         &[(8.0, "P50 target 8 ms"), (25.0, "P99 target 25 ms")],
-    );
+    )
+}
+
+/// Redraws the SVG next to an earlier run's JSON.
+fn replot(json: &Path) -> Result<()> {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?)?;
     let svg_path = json.with_extension("svg");
-    std::fs::write(&svg_path, plot).with_context(|| format!("writing {}", svg_path.display()))?;
-    println!("{text}");
-    println!("wrote {}, {}, {}", json.display(), txt.display(), svg_path.display());
+    std::fs::write(&svg_path, plot(&doc)).with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("wrote {}", svg_path.display());
     Ok(())
 }

@@ -30,8 +30,7 @@ pub struct Latencies {
     /// `embedded_at - queued_at`, database clock, ms.
     pub db_ms: Percentiles,
     pub mean_client_ms: Option<f64>,
-    /// The client figures, sorted (for the plot).
-    #[serde(skip)]
+    /// The client figures, sorted, to the microsecond (for the plot and any other analysis).
     pub samples_ms: Vec<f64>,
 }
 
@@ -84,6 +83,7 @@ async fn collect(
     let mut samples: Vec<f64> = sent
         .iter()
         .filter_map(|s| arrived.get(&s.id).map(|at| at.saturating_duration_since(s.committed).as_secs_f64() * 1e3))
+        .map(|ms| (ms * 1e3).round() / 1e3)
         .collect();
     samples.sort_by(f64::total_cmp);
     let db_ms: Vec<f64> = db

@@ -44,7 +44,7 @@ fn tick_label(ms: f64) -> String {
     } else if ms >= 1.0 {
         format!("{ms} ms")
     } else {
-        format!("{ms:.1} ms")
+        format!("{} ms", (ms * 1000.0).round() / 1000.0)
     }
 }
 
@@ -64,8 +64,10 @@ pub fn cdf(title: &str, subtitle: &str, series: &[Series<'_>], marks: &[(f64, &s
         lo = lo.min(*v);
         hi = hi.max(*v);
     }
-    let lo = 10f64.powf(lo.log10().floor());
+    // Below 0.1 ms is clock noise (a notification read together with the insert's reply).
+    let lo = 10f64.powf(lo.max(0.1).log10().floor());
     let hi = 10f64.powf(hi.log10().ceil()).max(lo * 10.0);
+    let decades = (hi.log10() - lo.log10()).round() as usize;
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let x = |ms: f64| LEFT + (ms.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10()) * pw;
@@ -80,7 +82,9 @@ pub fn cdf(title: &str, subtitle: &str, series: &[Series<'_>], marks: &[(f64, &s
     let _ = writeln!(o, r##"<text x="{LEFT}" y="22" font-size="16" font-weight="bold">{}</text>"##, esc(title));
     let _ = writeln!(o, r##"<text x="{LEFT}" y="40" fill="#555">{}</text>"##, esc(subtitle));
     for t in ticks(lo, hi) {
-        let major = (t.log10().fract()).abs() < 1e-9;
+        let major = (t.log10() - t.log10().round()).abs() < 1e-9;
+        // Over many decades only the powers of ten are labelled, or the labels collide.
+        let label = if major || decades <= 3 { esc(&tick_label(t)) } else { String::new() };
         let _ = writeln!(
             o,
             r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1:.1}" stroke="{2}"/><text x="{0:.1}" y="{3:.1}" text-anchor="middle">{4}</text>"##,
@@ -88,7 +92,7 @@ pub fn cdf(title: &str, subtitle: &str, series: &[Series<'_>], marks: &[(f64, &s
             TOP + ph,
             if major { "#bbb" } else { "#e4e4e4" },
             TOP + ph + 16.0,
-            esc(&tick_label(t))
+            label
         );
     }
     for i in 0..=10 {
@@ -118,14 +122,14 @@ pub fn cdf(title: &str, subtitle: &str, series: &[Series<'_>], marks: &[(f64, &s
         r##"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">rows embedded within (cumulative)</text>"##,
         TOP + ph / 2.0
     );
-    for (v, label) in marks {
+    for (k, (v, label)) in marks.iter().enumerate() {
         let _ = writeln!(
             o,
             r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1:.1}" stroke="#c00" stroke-dasharray="2 3"/><text x="{2:.1}" y="{3:.1}" fill="#c00" font-size="10">{4}</text>"##,
             x(*v),
             TOP + ph,
             x(*v) + 3.0,
-            TOP + 12.0,
+            TOP + 12.0 + 13.0 * k as f64,
             esc(label)
         );
     }
