@@ -139,7 +139,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PYTHON")]
     pub st_python: Option<PathBuf>,
     /// sentence-transformers' rows/s on batches of 32 short texts on this machine (the
-    /// PyTorch reference; docs/ENVIRONMENT.md measured ~390), for the raw-model target when
+    /// PyTorch reference; the environment notes measured ~390), for the raw-model target when
     /// --st-python is not given.
     #[arg(long, default_value_t = 390.0)]
     pub st_rows_per_s: f64,
