@@ -32,7 +32,12 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(base: Duration, cap: Duration) -> Breaker {
-        Breaker { backoff: Backoff::new(base, cap), last_failed: None, paused_until: None, suspect: false }
+        Breaker {
+            backoff: Backoff::new(base, cap),
+            last_failed: None,
+            paused_until: None,
+            suspect: false,
+        }
     }
 
     pub fn on_success(&mut self) {
@@ -57,7 +62,9 @@ impl Breaker {
 
     /// How long claiming must still wait.
     pub fn pause_left(&self, now: Instant) -> Option<Duration> {
-        self.paused_until.and_then(|t| t.checked_duration_since(now)).filter(|d| !d.is_zero())
+        self.paused_until
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
     }
 
     /// While suspect, claim one row at a time (a probe), not a full batch.
@@ -98,14 +105,18 @@ mod tests {
         let mut b = breaker();
         let now = Instant::now();
         assert_eq!(b.on_failure("a", now), Verdict::CountAttempt);
-        let Verdict::ProviderDown(p1) = b.on_failure("b", now) else { panic!("expected pause") };
+        let Verdict::ProviderDown(p1) = b.on_failure("b", now) else {
+            panic!("expected pause")
+        };
         assert!(b.is_open());
         assert_eq!(b.claim_limit(32), 1);
         assert!(b.pause_left(now).is_some());
         let mut last = p1;
         for _ in 0..10 {
             // Even the same row again is not charged while the provider is suspect.
-            let Verdict::ProviderDown(p) = b.on_failure("b", now) else { panic!("expected pause") };
+            let Verdict::ProviderDown(p) = b.on_failure("b", now) else {
+                panic!("expected pause")
+            };
             last = p;
         }
         assert!(last > p1 && last <= Duration::from_secs(60));

@@ -110,11 +110,29 @@ impl Claimer {
         let token = format!("{}:{}", self.owner, self.seq);
         let mut rows = Vec::new();
         if !hinted.is_empty() {
-            rows = self.run(client, &self.by_id, limit, &token, lease_secs, max_retries, hinted).await?;
+            rows = self
+                .run(
+                    client,
+                    &self.by_id,
+                    limit,
+                    &token,
+                    lease_secs,
+                    max_retries,
+                    hinted,
+                )
+                .await?;
         }
         if rows.len() < limit {
             let more = self
-                .run(client, &self.oldest, limit - rows.len(), &token, lease_secs, max_retries, &[])
+                .run(
+                    client,
+                    &self.oldest,
+                    limit - rows.len(),
+                    &token,
+                    lease_secs,
+                    max_retries,
+                    &[],
+                )
                 .await?;
             rows.extend(more);
         }
@@ -133,10 +151,17 @@ impl Claimer {
         ids: &[String],
     ) -> Result<Vec<ClaimedRow>> {
         Ok(client
-            .query(stmt, &[&(limit as i64), &token, &lease_secs, &max_retries, &ids])
+            .query(
+                stmt,
+                &[&(limit as i64), &token, &lease_secs, &max_retries, &ids],
+            )
             .await?
             .into_iter()
-            .map(|r| ClaimedRow { id: r.get(0), content: r.get(1), version: r.get(2) })
+            .map(|r| ClaimedRow {
+                id: r.get(0),
+                content: r.get(1),
+                version: r.get(2),
+            })
             .collect())
     }
 

@@ -65,7 +65,12 @@ impl Config {
         }
         self.database_url
             .parse::<tokio_postgres::Config>()
-            .map_err(|e| Error::Config(format!("database URL {}: {e}", redact_url(&self.database_url))))?;
+            .map_err(|e| {
+                Error::Config(format!(
+                    "database URL {}: {e}",
+                    redact_url(&self.database_url)
+                ))
+            })?;
         Ok(())
     }
 }
@@ -90,7 +95,11 @@ fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.
@@ -149,7 +158,10 @@ mod tests {
             redact_url("postgres://db/x?user=a&password=s3cret&sslmode=disable"),
             "postgres://db/x?user=a&password=***&sslmode=disable"
         );
-        assert_eq!(redact_url("host=db password=s3cret user=a"), "host=db password=*** user=a");
+        assert_eq!(
+            redact_url("host=db password=s3cret user=a"),
+            "host=db password=*** user=a"
+        );
         assert!(!format!("{:?}", Config::new("postgresql://a:s3cret@h/d")).contains("s3cret"));
     }
 

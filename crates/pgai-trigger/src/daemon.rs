@@ -26,8 +26,11 @@ impl Daemon {
     pub async fn start(config: Config, embed: EmbedService) -> Result<Daemon> {
         config.validate()?;
         {
-            let (client, task) =
-                crate::db::connect(&config.database_url, &format!("pgai-trigger {} check", config.worker_id)).await?;
+            let (client, task) = crate::db::connect(
+                &config.database_url,
+                &format!("pgai-trigger {} check", config.worker_id),
+            )
+            .await?;
             crate::schema::verify(&client, &config.table, embed.dim()).await?;
             drop(client);
             let _ = task.await;
@@ -46,7 +49,12 @@ impl Daemon {
                 shutdown.clone(),
             )));
         }
-        let worker = Worker { config: config.clone(), embed, wake, monitor: monitor.clone() };
+        let worker = Worker {
+            config: config.clone(),
+            embed,
+            wake,
+            monitor: monitor.clone(),
+        };
         tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         tracing::info!(
             worker = %config.worker_id,
@@ -54,7 +62,12 @@ impl Daemon {
             mode = if config.immediate_trigger { "immediate" } else { "polling" },
             "daemon started"
         );
-        Ok(Daemon { monitor, config, shutdown, tasks })
+        Ok(Daemon {
+            monitor,
+            config,
+            shutdown,
+            tasks,
+        })
     }
 
     pub fn config(&self) -> &Config {

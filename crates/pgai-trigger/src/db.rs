@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 /// Parses the URL and applies our connection settings.
 pub fn pg_config(url: &str, application_name: &str) -> Result<tokio_postgres::Config> {
     let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
-        Error::Config(format!("database URL {}: {e}", crate::config::redact_url(url)))
+        Error::Config(format!(
+            "database URL {}: {e}",
+            crate::config::redact_url(url)
+        ))
     })?;
     cfg.application_name(application_name)
         .keepalives(true)
@@ -39,7 +42,10 @@ pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs a database call under [`STATEMENT_DEADLINE`]; a call past it fails as a lost
 /// connection, so the caller reconnects.
-pub async fn within<T>(what: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub async fn within<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     match tokio::time::timeout(STATEMENT_DEADLINE, call).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connection(format!(

@@ -58,8 +58,9 @@ impl EmbedService {
                 while let Some(job) = rx.blocking_recv() {
                     let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
                     let started = Instant::now();
-                    let result = catch_panic(|| embed_in_chunks(model.as_mut(), &texts, TOKEN_BUDGET))
-                        .map(|v| (v, started.elapsed()));
+                    let result =
+                        catch_panic(|| embed_in_chunks(model.as_mut(), &texts, TOKEN_BUDGET))
+                            .map(|v| (v, started.elapsed()));
                     let _ = job.reply.send(result);
                 }
             })
@@ -67,7 +68,10 @@ impl EmbedService {
         let (name, dim) = ready_rx
             .await
             .map_err(|_| EmbedError::Inference("the model thread exited while loading".into()))??;
-        Ok(EmbedService { tx, info: Arc::new(ModelInfo { name, dim }) })
+        Ok(EmbedService {
+            tx,
+            info: Arc::new(ModelInfo { name, dim }),
+        })
     }
 
     /// Loads the in-process ONNX model from the default locations.
@@ -95,9 +99,9 @@ impl EmbedService {
     pub async fn submit(&self, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { texts, reply }).await {
-            let _ = job
-                .reply
-                .send(Err(EmbedError::Inference("the model thread has stopped".into())));
+            let _ = job.reply.send(Err(EmbedError::Inference(
+                "the model thread has stopped".into(),
+            )));
         }
         rx
     }
@@ -106,7 +110,9 @@ impl EmbedService {
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         match self.submit(texts).await.await {
             Ok(r) => r.map(|(v, _)| v),
-            Err(_) => Err(EmbedError::Inference("the model thread dropped the batch".into())),
+            Err(_) => Err(EmbedError::Inference(
+                "the model thread dropped the batch".into(),
+            )),
         }
     }
 }
@@ -120,11 +126,18 @@ impl EmbedService {
 pub const TOKEN_BUDGET: usize = 1024;
 
 /// Embeds `texts` in length-sorted chunks of at most `budget` padded tokens; same order out.
-pub fn embed_in_chunks(model: &mut dyn Embedder, texts: &[&str], budget: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+pub fn embed_in_chunks(
+    model: &mut dyn Embedder,
+    texts: &[&str],
+    budget: usize,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
     if texts.len() <= 1 {
         return model.embed(texts);
     }
-    let lens = texts.iter().map(|t| model.count_tokens(t)).collect::<Result<Vec<_>, _>>()?;
+    let lens = texts
+        .iter()
+        .map(|t| model.count_tokens(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = vec![Vec::new(); texts.len()];
     for chunk in chunks_by_budget(&lens, budget) {
         let part: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();

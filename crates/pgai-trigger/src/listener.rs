@@ -43,7 +43,10 @@ pub struct Hints {
 
 impl Hints {
     pub fn new(cap: usize) -> Hints {
-        Hints { ids: Mutex::new(VecDeque::with_capacity(cap.min(1024))), cap: cap.max(1) }
+        Hints {
+            ids: Mutex::new(VecDeque::with_capacity(cap.min(1024))),
+            cap: cap.max(1),
+        }
     }
 
     pub fn push(&self, id: String) {
@@ -84,7 +87,10 @@ pub struct Wake {
 
 impl Wake {
     pub fn new() -> Wake {
-        Wake { notify: Notify::new(), hints: Hints::new(1024) }
+        Wake {
+            notify: Notify::new(),
+            hints: Hints::new(1024),
+        }
     }
 }
 
@@ -136,9 +142,12 @@ async fn listen_once(
     connected_before: &mut bool,
 ) -> Result<std::convert::Infallible> {
     // A server that accepts the connection but never answers must not hang the listener.
-    let (client, mut conn) = tokio::time::timeout(PROBE_EVERY * 2, crate::db::pg_config(url, app_name)?.connect(NoTls))
-        .await
-        .map_err(|_| Error::Connection("listener connect timed out".into()))??;
+    let (client, mut conn) = tokio::time::timeout(
+        PROBE_EVERY * 2,
+        crate::db::pg_config(url, app_name)?.connect(NoTls),
+    )
+    .await
+    .map_err(|_| Error::Connection("listener connect timed out".into()))??;
     let probe_tag = format!("{PROBE_PREFIX}{}:", std::process::id());
     let probes_seen = std::sync::atomic::AtomicU64::new(0);
     // The connection must be polled for notifications to arrive; this future does nothing else.
@@ -161,14 +170,19 @@ async fn listen_once(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Error::Db(e),
-                None => return Error::Connection("listener connection closed by the server".into()),
+                None => {
+                    return Error::Connection("listener connection closed by the server".into())
+                }
             }
         }
     };
     let work = async {
-        tokio::time::timeout(PROBE_EVERY, client.batch_execute(&format!("LISTEN {CHANNEL_NEEDED}")))
-            .await
-            .map_err(|_| Error::Connection("LISTEN got no answer".into()))??;
+        tokio::time::timeout(
+            PROBE_EVERY,
+            client.batch_execute(&format!("LISTEN {CHANNEL_NEEDED}")),
+        )
+        .await
+        .map_err(|_| Error::Connection("LISTEN got no answer".into()))??;
         monitor.listener_connected.store(true, Relaxed);
         monitor.listener_degraded.store(false, Relaxed);
         if *connected_before {
@@ -199,9 +213,14 @@ async fn listen_once(
                 lost_in_a_row += 1;
                 monitor.listener_degraded.store(true, Relaxed);
                 monitor.lost_probes.fetch_add(1, Relaxed);
-                tracing::warn!(lost_in_a_row, "listener self-probe did not come back; polling faster");
+                tracing::warn!(
+                    lost_in_a_row,
+                    "listener self-probe did not come back; polling faster"
+                );
                 if lost_in_a_row >= LOST_PROBES_BEFORE_RECONNECT {
-                    return Err(Error::Connection("listener stopped receiving notifications".into()));
+                    return Err(Error::Connection(
+                        "listener stopped receiving notifications".into(),
+                    ));
                 }
                 // Resynchronise: count the probes as seen so far.
                 probes_seen.store(sent, Relaxed);

@@ -130,8 +130,13 @@ impl Monitor {
     }
 
     pub fn snapshot(&self) -> Stats {
-        let lat: Vec<f64> =
-            self.latencies.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        let lat: Vec<f64> = self
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
         Stats {
             uptime_secs: self.started.elapsed().as_secs_f64(),
             processed: self.processed.load(Relaxed),
@@ -151,7 +156,11 @@ impl Monitor {
             failed_rows: self.failed_rows.load(Relaxed),
             notification_queue_usage: self.notification_queue_usage_ppm.load(Relaxed) as f64 / 1e6,
             latency_ms: percentiles(lat),
-            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -159,7 +168,11 @@ impl Monitor {
 impl Monitor {
     /// Reads the queue's gauges from the database: rows needing an embedding (not failed),
     /// the oldest one's age, failed rows, and `pg_notification_queue_usage()`.
-    pub async fn sample(&self, client: &tokio_postgres::Client, table: &crate::schema::Table) -> crate::Result<()> {
+    pub async fn sample(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &crate::schema::Table,
+    ) -> crate::Result<()> {
         let r = client
             .query_one(
                 &format!(
@@ -175,9 +188,11 @@ impl Monitor {
             )
             .await?;
         self.queue_depth.store(r.get::<_, i64>(0) as u64, Relaxed);
-        self.oldest_pending_ms.store((r.get::<_, f64>(1).max(0.0) * 1000.0) as u64, Relaxed);
+        self.oldest_pending_ms
+            .store((r.get::<_, f64>(1).max(0.0) * 1000.0) as u64, Relaxed);
         self.failed_rows.store(r.get::<_, i64>(2) as u64, Relaxed);
-        self.notification_queue_usage_ppm.store((r.get::<_, f64>(3) * 1e6) as u64, Relaxed);
+        self.notification_queue_usage_ppm
+            .store((r.get::<_, f64>(3) * 1e6) as u64, Relaxed);
         Ok(())
     }
 
@@ -187,33 +202,126 @@ impl Monitor {
         let mut out = String::with_capacity(4096);
         let b = |v: bool| if v { 1.0 } else { 0.0 };
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         };
-        metric("pgai_rows_embedded_total", "counter", "Rows whose vector was written.", s.processed as f64);
-        metric("pgai_attempts_failed_total", "counter", "Failed embedding attempts recorded on rows.", s.failed_attempts as f64);
-        metric("pgai_rows_superseded_total", "counter", "Claimed rows not written because they changed, vanished or were re-claimed meanwhile.", s.superseded as f64);
-        metric("pgai_rows_released_total", "counter", "Rows given back without an attempt while the provider was failing.", s.released as f64);
-        metric("pgai_lease_renewals_total", "counter", "Lease extensions of long batches.", s.renewals as f64);
-        metric("pgai_notifications_total", "counter", "embedding_needed notifications received.", s.notifications as f64);
-        metric("pgai_reconnects_total", "counter", "Reconnections of the listener and the worker.", s.reconnects as f64);
-        metric("pgai_listener_lost_probes_total", "counter", "Listener self-probes that did not come back.", self.lost_probes.load(Relaxed) as f64);
-        metric("pgai_listener_connected", "gauge", "1 while the LISTEN connection is up.", b(s.listener_connected));
-        metric("pgai_listener_degraded", "gauge", "1 while the listener's self-probe is not coming back.", b(s.listener_degraded));
-        metric("pgai_worker_connected", "gauge", "1 while the worker's connections are up.", b(s.worker_connected));
-        metric("pgai_provider_paused", "gauge", "1 while the embedding provider is failing and the pipeline backs off.", b(s.provider_paused));
-        metric("pgai_queue_depth", "gauge", "Rows needing an embedding (not failed).", s.queue_depth as f64);
-        metric("pgai_oldest_pending_age_seconds", "gauge", "Age of the oldest row needing an embedding.", s.oldest_pending_secs);
-        metric("pgai_rows_failed", "gauge", "Rows marked failed (see retry-failed).", s.failed_rows as f64);
-        metric("pgai_notification_queue_usage", "gauge", "pg_notification_queue_usage(), 0 to 1.", s.notification_queue_usage);
-        metric("pgai_uptime_seconds", "gauge", "Seconds since the daemon started.", s.uptime_secs);
-        self.latency_hist.render(&mut out, "pgai_embedding_latency_seconds", "From the row's commit (queued_at) to its vector's write.");
-        self.batch_hist.render(&mut out, "pgai_batch_size_rows", "Rows per written batch.");
+        metric(
+            "pgai_rows_embedded_total",
+            "counter",
+            "Rows whose vector was written.",
+            s.processed as f64,
+        );
+        metric(
+            "pgai_attempts_failed_total",
+            "counter",
+            "Failed embedding attempts recorded on rows.",
+            s.failed_attempts as f64,
+        );
+        metric(
+            "pgai_rows_superseded_total",
+            "counter",
+            "Claimed rows not written because they changed, vanished or were re-claimed meanwhile.",
+            s.superseded as f64,
+        );
+        metric(
+            "pgai_rows_released_total",
+            "counter",
+            "Rows given back without an attempt while the provider was failing.",
+            s.released as f64,
+        );
+        metric(
+            "pgai_lease_renewals_total",
+            "counter",
+            "Lease extensions of long batches.",
+            s.renewals as f64,
+        );
+        metric(
+            "pgai_notifications_total",
+            "counter",
+            "embedding_needed notifications received.",
+            s.notifications as f64,
+        );
+        metric(
+            "pgai_reconnects_total",
+            "counter",
+            "Reconnections of the listener and the worker.",
+            s.reconnects as f64,
+        );
+        metric(
+            "pgai_listener_lost_probes_total",
+            "counter",
+            "Listener self-probes that did not come back.",
+            self.lost_probes.load(Relaxed) as f64,
+        );
+        metric(
+            "pgai_listener_connected",
+            "gauge",
+            "1 while the LISTEN connection is up.",
+            b(s.listener_connected),
+        );
+        metric(
+            "pgai_listener_degraded",
+            "gauge",
+            "1 while the listener's self-probe is not coming back.",
+            b(s.listener_degraded),
+        );
+        metric(
+            "pgai_worker_connected",
+            "gauge",
+            "1 while the worker's connections are up.",
+            b(s.worker_connected),
+        );
+        metric(
+            "pgai_provider_paused",
+            "gauge",
+            "1 while the embedding provider is failing and the pipeline backs off.",
+            b(s.provider_paused),
+        );
+        metric(
+            "pgai_queue_depth",
+            "gauge",
+            "Rows needing an embedding (not failed).",
+            s.queue_depth as f64,
+        );
+        metric(
+            "pgai_oldest_pending_age_seconds",
+            "gauge",
+            "Age of the oldest row needing an embedding.",
+            s.oldest_pending_secs,
+        );
+        metric(
+            "pgai_rows_failed",
+            "gauge",
+            "Rows marked failed (see retry-failed).",
+            s.failed_rows as f64,
+        );
+        metric(
+            "pgai_notification_queue_usage",
+            "gauge",
+            "pg_notification_queue_usage(), 0 to 1.",
+            s.notification_queue_usage,
+        );
+        metric(
+            "pgai_uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started.",
+            s.uptime_secs,
+        );
+        self.latency_hist.render(
+            &mut out,
+            "pgai_embedding_latency_seconds",
+            "From the row's commit (queued_at) to its vector's write.",
+        );
+        self.batch_hist
+            .render(&mut out, "pgai_batch_size_rows", "Rows per written batch.");
         out
     }
 }
 
-const LATENCY_BUCKETS: &[f64] =
-    &[0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// A fixed-bucket histogram with atomic counters (no lock on the hot path).
@@ -240,7 +348,8 @@ impl Histogram {
             self.counts[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((v.max(0.0) * 1e6) as u64, Relaxed);
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -252,7 +361,10 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!("{name}_sum {}\n", self.sum_micros.load(Relaxed) as f64 / 1e6));
+        out.push_str(&format!(
+            "{name}_sum {}\n",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        ));
         out.push_str(&format!("{name}_count {count}\n"));
     }
 }
@@ -284,7 +396,11 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     pub fn new(every: Duration) -> LogLimiter {
-        LogLimiter { every, last: None, suppressed: 0 }
+        LogLimiter {
+            every,
+            last: None,
+            suppressed: 0,
+        }
     }
 
     /// `Some(n)` when this message should be logged, `n` being how many were held back since.
@@ -310,7 +426,10 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let p = percentiles((1..=100).map(f64::from).collect());
-        assert_eq!((p.p50, p.p95, p.p99, p.max), (Some(50.0), Some(95.0), Some(99.0), Some(100.0)));
+        assert_eq!(
+            (p.p50, p.p95, p.p99, p.max),
+            (Some(50.0), Some(95.0), Some(99.0), Some(100.0))
+        );
         assert_eq!(percentiles(vec![]).samples, 0);
         assert_eq!(percentiles(vec![7.0]).p99, Some(7.0));
     }
@@ -323,7 +442,10 @@ mod tests {
         m.record_latency(1000.0);
         m.record_batch(3);
         let text = m.render_prometheus();
-        assert!(text.contains("pgai_embedding_latency_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pgai_embedding_latency_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("pgai_embedding_latency_seconds_bucket{le=\"0.025\"} 2\n"));
         assert!(text.contains("pgai_embedding_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("pgai_embedding_latency_seconds_count 3\n"));

@@ -22,8 +22,8 @@ use crate::backoff::Backoff;
 use crate::breaker::{Breaker, Verdict};
 use crate::claim::{Claim, Claimer};
 use crate::config::Config;
-use crate::embedder::{EmbedResult, EmbedService};
 use crate::db::within;
+use crate::embedder::{EmbedResult, EmbedService};
 use crate::error::Result;
 use crate::listener::Wake;
 use crate::monitor::{LogLimiter, Monitor};
@@ -70,12 +70,18 @@ impl Worker {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
         let mut errors = LogLimiter::new(Duration::from_secs(10));
         let shared = Shared {
-            breaker: Mutex::new(Breaker::new(Duration::from_secs(1), Duration::from_secs(60))),
+            breaker: Mutex::new(Breaker::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )),
             active: Mutex::new(HashSet::new()),
         };
         let mut connected_before = false;
         loop {
-            match self.run_connected(&shutdown, &mut backoff, &shared, &mut connected_before).await {
+            match self
+                .run_connected(&shutdown, &mut backoff, &shared, &mut connected_before)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     self.monitor.worker_connected.store(false, Relaxed);
@@ -102,8 +108,10 @@ impl Worker {
     ) -> Result<()> {
         let cfg = &self.config;
         let app = format!("pgai-trigger {}", cfg.worker_id);
-        let (claim_db, _claim_task) = within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
-        let (write_db, _write_task) = within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
+        let (claim_db, _claim_task) =
+            within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
+        let (write_db, _write_task) =
+            within("connect", crate::db::connect(&cfg.database_url, &app)).await?;
         let (mut claimer, writer) = within("prepare", async {
             for db in [&claim_db, &write_db] {
                 db.batch_execute("SET synchronous_commit = off").await?;
@@ -116,9 +124,16 @@ impl Worker {
         // Batches this daemon claimed on a connection it has since lost are abandoned: give them
         // back now rather than after their lease.
         let released = within("release", claimer.release_own(&claim_db)).await?;
-        shared.active.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         if released > 0 {
-            tracing::info!(rows = released, "released claims abandoned by a lost connection");
+            tracing::info!(
+                rows = released,
+                "released claims abandoned by a lost connection"
+            );
         }
         self.monitor.worker_connected.store(true, Relaxed);
         if *connected_before {
@@ -153,7 +168,11 @@ impl Worker {
         let lease = cfg.lease.as_secs_f64();
         let capacity = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !shutdown.is_cancelled() {
-            let pause = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).pause_left(Instant::now());
+            let pause = shared
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pause_left(Instant::now());
             if let Some(pause) = pause {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -165,13 +184,22 @@ impl Worker {
                 p = capacity.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.cancelled() => break,
             };
-            let limit = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).claim_limit(cfg.batch_size);
+            let limit = shared
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .claim_limit(cfg.batch_size);
             let hinted = self.wake.hints.take_newest(limit);
-            let claim = within("claim", claimer.claim(db, &hinted, limit, lease, cfg.max_retries)).await?;
+            let claim = within(
+                "claim",
+                claimer.claim(db, &hinted, limit, lease, cfg.max_retries),
+            )
+            .await?;
             if claim.rows.is_empty() {
                 drop(permit);
                 let poll = if cfg.immediate_trigger
-                    && (!self.monitor.listener_connected.load(Relaxed) || self.monitor.listener_degraded.load(Relaxed))
+                    && (!self.monitor.listener_connected.load(Relaxed)
+                        || self.monitor.listener_degraded.load(Relaxed))
                 {
                     cfg.poll_interval.min(DEGRADED_POLL)
                 } else {
@@ -184,10 +212,22 @@ impl Worker {
                 }
                 continue;
             }
-            shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(claim.token.clone());
+            shared
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(claim.token.clone());
             let texts = claim.rows.iter().map(|r| r.content.clone()).collect();
             let vectors = self.embed.submit(texts).await;
-            if tx.send(InFlight { claim, vectors, _permit: permit }).await.is_err() {
+            if tx
+                .send(InFlight {
+                    claim,
+                    vectors,
+                    _permit: permit,
+                })
+                .await
+                .is_err()
+            {
                 // The write loop failed; its error is the one to report.
                 return Ok(());
             }
@@ -199,18 +239,24 @@ impl Worker {
         &self,
         db: &Client,
         writer: &Writer,
-                mut rx: mpsc::Receiver<InFlight>,
+        mut rx: mpsc::Receiver<InFlight>,
         shared: &Shared,
     ) -> Result<()> {
         while let Some(batch) = rx.recv().await {
             let result = batch.vectors.await.unwrap_or_else(|_| {
-                Err(pgai_embed::EmbedError::Inference("the model thread dropped the batch".into()))
+                Err(pgai_embed::EmbedError::Inference(
+                    "the model thread dropped the batch".into(),
+                ))
             });
             let claim = &batch.claim;
             match result {
                 Ok((vectors, _took)) => {
                     self.write(db, writer, claim, vectors).await?;
-                    shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+                    shared
+                        .breaker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_success();
                     self.monitor.provider_paused.store(false, Relaxed);
                 }
                 Err(e) if claim.rows.len() > 1 => {
@@ -219,20 +265,32 @@ impl Worker {
                     self.write_one_by_one(db, writer, claim, shared).await?;
                 }
                 Err(e) => {
-                    self.failed(db, writer, claim, &claim.rows[0].id, &e.to_string(), shared).await?;
+                    self.failed(db, writer, claim, &claim.rows[0].id, &e.to_string(), shared)
+                        .await?;
                 }
             }
-            shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&claim.token);
+            shared
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&claim.token);
         }
         Ok(())
     }
 
-    async fn write(&self, db: &Client, writer: &Writer, claim: &Claim, vectors: Vec<Vec<f32>>) -> Result<()> {
+    async fn write(
+        &self,
+        db: &Client,
+        writer: &Writer,
+        claim: &Claim,
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<()> {
         let written = within("vector write", writer.complete(db, claim, vectors)).await?;
         let m = &self.monitor;
         m.record_batch(claim.rows.len());
         m.processed.fetch_add(written.len() as u64, Relaxed);
-        m.superseded.fetch_add((claim.rows.len() - written.len()) as u64, Relaxed);
+        m.superseded
+            .fetch_add((claim.rows.len() - written.len()) as u64, Relaxed);
         for w in &written {
             m.record_latency(w.latency_secs);
         }
@@ -243,20 +301,31 @@ impl Worker {
         &self,
         db: &Client,
         writer: &Writer,
-                claim: &Claim,
+        claim: &Claim,
         shared: &Shared,
     ) -> Result<()> {
         for (i, row) in claim.rows.iter().enumerate() {
-            let part = Claim { token: claim.token.clone(), rows: vec![row.clone()] };
+            let part = Claim {
+                token: claim.token.clone(),
+                rows: vec![row.clone()],
+            };
             match self.embed.embed(vec![row.content.clone()]).await {
                 Ok(v) => {
                     self.write(db, writer, &part, v).await?;
-                    shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+                    shared
+                        .breaker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_success();
                 }
                 Err(e) => {
-                    if self.failed(db, writer, &part, &row.id, &e.to_string(), shared).await? {
+                    if self
+                        .failed(db, writer, &part, &row.id, &e.to_string(), shared)
+                        .await?
+                    {
                         // The provider is down: give the rest back untouched.
-                        let rest: Vec<&str> = claim.rows[i + 1..].iter().map(|r| r.id.as_str()).collect();
+                        let rest: Vec<&str> =
+                            claim.rows[i + 1..].iter().map(|r| r.id.as_str()).collect();
                         if !rest.is_empty() {
                             let n = within("release", writer.release(db, claim, &rest)).await?;
                             self.monitor.released.fetch_add(n, Relaxed);
@@ -275,7 +344,7 @@ impl Worker {
         &self,
         db: &Client,
         writer: &Writer,
-                claim: &Claim,
+        claim: &Claim,
         id: &str,
         error: &str,
         shared: &Shared,
@@ -283,10 +352,20 @@ impl Worker {
         let cfg = &self.config;
         let error: String = error.replace('\n', " ").chars().take(1000).collect();
         self.monitor.record_error(error.clone());
-        let mut verdict = shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_failure(id, Instant::now());
-        if matches!(verdict, Verdict::ProviderDown(_)) && self.embed.embed(vec![CANARY.to_string()]).await.is_ok() {
+        let mut verdict = shared
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_failure(id, Instant::now());
+        if matches!(verdict, Verdict::ProviderDown(_))
+            && self.embed.embed(vec![CANARY.to_string()]).await.is_ok()
+        {
             // The provider embeds a known-good text: it is up, and these rows are the problem.
-            shared.breaker.lock().unwrap_or_else(|e| e.into_inner()).on_success();
+            shared
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .on_success();
             self.monitor.provider_paused.store(false, Relaxed);
             verdict = Verdict::CountAttempt;
         }
@@ -325,7 +404,13 @@ impl Worker {
 
     /// Renews the leases of batches in flight and samples the queue gauges, until the write
     /// loop ends.
-    async fn upkeep(&self, db: &Client, writer: &Writer, shared: &Shared, done: &CancellationToken) -> Result<()> {
+    async fn upkeep(
+        &self,
+        db: &Client,
+        writer: &Writer,
+        shared: &Shared,
+        done: &CancellationToken,
+    ) -> Result<()> {
         let cfg = &self.config;
         let renew_every = cfg.lease / 3;
         let mut renew_tick = tokio::time::interval(renew_every);

@@ -31,7 +31,9 @@ pub struct Table {
 impl Table {
     pub fn new(name: &str) -> Result<Table> {
         validate_identifier(name)?;
-        Ok(Table { name: name.to_string() })
+        Ok(Table {
+            name: name.to_string(),
+        })
     }
     pub fn name(&self) -> &str {
         &self.name
@@ -48,7 +50,9 @@ impl Table {
 
 impl Default for Table {
     fn default() -> Table {
-        Table { name: DEFAULT_TABLE.to_string() }
+        Table {
+            name: DEFAULT_TABLE.to_string(),
+        }
     }
 }
 
@@ -62,8 +66,13 @@ impl fmt::Debug for Table {
 pub fn validate_identifier(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
-        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -213,7 +222,12 @@ pub async fn init(client: &Client, table: &Table, dim: usize) -> Result<()> {
 /// Creates whatever is missing; harmless to run again (the notify trigger is replaced to match
 /// `notify`). One transaction, serialised with an advisory lock so two daemons or `db init`s
 /// starting together do not race on CREATE.
-pub async fn init_with(client: &Client, table: &Table, dim: usize, notify: NotifyMode) -> Result<()> {
+pub async fn init_with(
+    client: &Client,
+    table: &Table,
+    dim: usize,
+    notify: NotifyMode,
+) -> Result<()> {
     client
         .batch_execute(&format!(
             "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\nCOMMIT;",
@@ -235,7 +249,12 @@ pub async fn recreate(client: &Client, table: &Table, dim: usize) -> Result<()> 
 }
 
 /// Drops the table (and its rows) and creates it again with the given notifications.
-pub async fn recreate_with(client: &Client, table: &Table, dim: usize, notify: NotifyMode) -> Result<()> {
+pub async fn recreate_with(
+    client: &Client,
+    table: &Table,
+    dim: usize,
+    notify: NotifyMode,
+) -> Result<()> {
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
@@ -262,7 +281,10 @@ pub struct Status {
 
 pub async fn status(client: &Client, table: &Table) -> Result<Status> {
     let ext = client
-        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'vector'", &[])
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+            &[],
+        )
         .await?
         .map(|r| r.get::<_, String>(0));
     let dim = embedding_dim(client, table).await?;
@@ -355,11 +377,15 @@ pub async fn verify(client: &Client, table: &Table, dim: usize) -> Result<()> {
         .is_some();
     if !has_vector {
         let available = client
-            .query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'", &[])
+            .query_opt(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'",
+                &[],
+            )
             .await?
             .is_some();
         return Err(Error::Schema(if available {
-            "the pgvector extension is not created in this database: run `pgai-trigger db init`".into()
+            "the pgvector extension is not created in this database: run `pgai-trigger db init`"
+                .into()
         } else {
             "the pgvector extension is not installed on this PostgreSQL server".into()
         }));
@@ -379,8 +405,11 @@ pub async fn verify(client: &Client, table: &Table, dim: usize) -> Result<()> {
             table.name()
         )));
     }
-    let missing: Vec<&str> =
-        REQUIRED_COLUMNS.iter().copied().filter(|c| !present.iter().any(|p| p == c)).collect();
+    let missing: Vec<&str> = REQUIRED_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !present.iter().any(|p| p == c))
+        .collect();
     if !missing.is_empty() {
         return Err(Error::Schema(format!(
             "table {} lacks column(s) {}: run `pgai-trigger db init`",
@@ -408,7 +437,14 @@ mod tests {
     #[test]
     fn identifiers_are_validated_and_quoted() {
         assert!(Table::new("m0_episodic").is_ok());
-        for bad in ["", "Robert", "a;drop table x", "a\"b", "1abc", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "Robert",
+            "a;drop table x",
+            "a\"b",
+            "1abc",
+            &"x".repeat(41),
+        ] {
             let e = Table::new(bad).unwrap_err().to_string();
             assert!(e.contains("not a safe identifier"), "{bad}: {e}");
         }

@@ -97,11 +97,17 @@ impl Writer {
         let versions: Vec<i64> = claim.rows.iter().map(|r| r.version).collect();
         let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
         let rows = client
-            .query(&self.complete, &[&ids, &versions, &vectors, &claim.token, &self.model])
+            .query(
+                &self.complete,
+                &[&ids, &versions, &vectors, &claim.token, &self.model],
+            )
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| Written { id: r.get(0), latency_secs: r.get(1) })
+            .map(|r| Written {
+                id: r.get(0),
+                latency_secs: r.get(1),
+            })
             .collect())
     }
 
@@ -118,7 +124,17 @@ impl Writer {
         cap_secs: f64,
     ) -> Result<u64> {
         Ok(client
-            .execute(&self.fail, &[&ids, &claim.token, &error, &max_retries, &base_secs, &cap_secs])
+            .execute(
+                &self.fail,
+                &[
+                    &ids,
+                    &claim.token,
+                    &error,
+                    &max_retries,
+                    &base_secs,
+                    &cap_secs,
+                ],
+            )
             .await?)
     }
 

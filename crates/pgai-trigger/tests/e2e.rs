@@ -1,7 +1,6 @@
 //! End to end, on the real embedded PostgreSQL with pgvector and the real model: a row goes in,
 //! its vector comes out. One cluster per test process, one database per test.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgai_trigger::claim::Claimer;
@@ -20,23 +19,34 @@ async fn model() -> EmbedService {
 }
 
 async fn connect(url: &str) -> Client {
-    pgai_trigger::db::connect(url, "e2e test").await.expect("connect").0
+    pgai_trigger::db::connect(url, "e2e test")
+        .await
+        .expect("connect")
+        .0
 }
 
 /// A fresh database with the schema applied.
 async fn schema_db(prefix: &str) -> (String, Client) {
     let url = fresh_database(prefix).await;
     let client = connect(&url).await;
-    schema::init(&client, &Table::default(), pgai_embed::DIM).await.expect("db init");
+    schema::init(&client, &Table::default(), pgai_embed::DIM)
+        .await
+        .expect("db init");
     (url, client)
 }
 
 async fn start_daemon(url: &str) -> Daemon {
-    Daemon::start(Config::new(url), model().await).await.expect("daemon start")
+    Daemon::start(Config::new(url), model().await)
+        .await
+        .expect("daemon start")
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -62,9 +72,16 @@ async fn wait_embedded(db: &Client, id: &str) -> (String, Vec<f32>, String) {
 async fn assert_vector_matches_content(db: &Client, id: &str) {
     let (content, vector, status) = wait_embedded(db, id).await;
     assert_eq!(status, "completed");
-    let expected = model().await.embed(vec![content.clone()]).await.expect("embed");
+    let expected = model()
+        .await
+        .embed(vec![content.clone()])
+        .await
+        .expect("embed");
     let c = cosine(&vector, &expected[0]);
-    assert!(c >= 0.9999, "row {id}: cosine {c} between stored vector and model({content:?})");
+    assert!(
+        c >= 0.9999,
+        "row {id}: cosine {c} between stored vector and model({content:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,19 +114,31 @@ async fn insert_is_embedded_with_the_models_vector() {
 async fn content_update_gets_the_new_contents_vector() {
     let (url, db) = schema_db("update").await;
     let daemon = start_daemon(&url).await;
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('u1', 'the cat sat on the mat')", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('u1', 'the cat sat on the mat')",
+        &[],
+    )
+    .await
+    .unwrap();
     let (_, old_vec, _) = wait_embedded(&db, "u1").await;
-    db.execute("UPDATE m0_episodic SET content = 'quarterly revenue grew by ten percent' WHERE id = 'u1'", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE m0_episodic SET content = 'quarterly revenue grew by ten percent' WHERE id = 'u1'",
+        &[],
+    )
+    .await
+    .unwrap();
     let (content, new_vec, _) = wait_embedded(&db, "u1").await;
     assert_eq!(content, "quarterly revenue grew by ten percent");
-    assert!(cosine(&old_vec, &new_vec) < 0.9, "vector changed with the content");
+    assert!(
+        cosine(&old_vec, &new_vec) < 0.9,
+        "vector changed with the content"
+    );
     assert_vector_matches_content(&db, "u1").await;
     let version: i64 = db
-        .query_one("SELECT content_version FROM m0_episodic WHERE id = 'u1'", &[])
+        .query_one(
+            "SELECT content_version FROM m0_episodic WHERE id = 'u1'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -120,17 +149,25 @@ async fn content_update_gets_the_new_contents_vector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_written_while_no_daemon_runs_are_embedded_at_start() {
     let (url, db) = schema_db("backlog").await;
-    let texts: Vec<String> = (0..50).map(|i| format!("note number {i} about the garden")).collect();
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("note number {i} about the garden"))
+        .collect();
     for (i, t) in texts.iter().enumerate() {
-        db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)", &[&format!("b{i}"), t])
-            .await
-            .unwrap();
+        db.execute(
+            "INSERT INTO m0_episodic (id, content) VALUES ($1, $2)",
+            &[&format!("b{i}"), t],
+        )
+        .await
+        .unwrap();
     }
     // Nobody listened to those notifications: the daemon must find the rows in the table.
     let daemon = start_daemon(&url).await;
     wait_for("the backlog to drain", DEADLINE, || async {
         let n: i64 = db
-            .query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[])
+            .query_one(
+                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -150,44 +187,85 @@ async fn polling_mode_reaches_the_same_end_state() {
     cfg.immediate_trigger = false;
     cfg.poll_interval = Duration::from_millis(200);
     let daemon = Daemon::start(cfg, model().await).await.unwrap();
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('p1', 'polling works too')", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('p1', 'polling works too')",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_vector_matches_content(&db, "p1").await;
-    assert_eq!(daemon.monitor.snapshot().notifications, 0, "no LISTEN in polling mode");
+    assert_eq!(
+        daemon.monitor.snapshot().notifications,
+        0,
+        "no LISTEN in polling mode"
+    );
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_init_twice_is_harmless_and_keeps_rows() {
     let (_url, db) = schema_db("init_twice").await;
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('k', 'keep me')", &[]).await.unwrap();
-    schema::init(&db, &Table::default(), pgai_embed::DIM).await.expect("second init");
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('k', 'keep me')",
+        &[],
+    )
+    .await
+    .unwrap();
+    schema::init(&db, &Table::default(), pgai_embed::DIM)
+        .await
+        .expect("second init");
     let st = schema::status(&db, &Table::default()).await.unwrap();
     assert!(st.table_exists);
     assert_eq!(st.rows, 1);
     assert_eq!(st.embedding_dim, Some(384));
-    assert!(st.triggers.contains(&"m0_episodic_embedding_trigger".to_string()), "{:?}", st.triggers);
-    schema::recreate(&db, &Table::default(), pgai_embed::DIM).await.unwrap();
-    assert_eq!(schema::status(&db, &Table::default()).await.unwrap().rows, 0);
+    assert!(
+        st.triggers
+            .contains(&"m0_episodic_embedding_trigger".to_string()),
+        "{:?}",
+        st.triggers
+    );
+    schema::recreate(&db, &Table::default(), pgai_embed::DIM)
+        .await
+        .unwrap();
+    assert_eq!(
+        schema::status(&db, &Table::default()).await.unwrap().rows,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
     // No pgvector extension created.
     let url = fresh_database("no_vector").await;
-    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
+    let err = Daemon::start(Config::new(&url), model().await)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("pgvector") && !err.contains('\n'), "{err}");
 
     // pgvector, but no table.
     let db = connect(&url).await;
     db.batch_execute("CREATE EXTENSION vector").await.unwrap();
-    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
-    assert!(err.contains("table m0_episodic does not exist") && err.contains("db init"), "{err}");
+    let err = Daemon::start(Config::new(&url), model().await)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("table m0_episodic does not exist") && err.contains("db init"),
+        "{err}"
+    );
 
     // A table whose vector column has another dimension.
-    db.batch_execute(&schema::ddl(&Table::default(), 768)).await.unwrap();
-    let err = Daemon::start(Config::new(&url), model().await).await.err().expect("must fail").to_string();
+    db.batch_execute(&schema::ddl(&Table::default(), 768))
+        .await
+        .unwrap();
+    let err = Daemon::start(Config::new(&url), model().await)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("vector(768)") && err.contains("384"), "{err}");
 }
 
@@ -197,21 +275,44 @@ async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
 async fn stale_claims_never_write() {
     let (_url, db) = schema_db("guard").await;
     let table = Table::default();
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('g1', 'old content')", &[]).await.unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('g1', 'old content')",
+        &[],
+    )
+    .await
+    .unwrap();
     let mut claimer = Claimer::prepare(&db, &table, "test-a").await.unwrap();
     let writer = Writer::prepare(&db, &table, "model").await.unwrap();
 
     // Content changes between claim and write-back.
     let claim = claimer.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     assert_eq!(claim.rows.len(), 1);
-    db.execute("UPDATE m0_episodic SET content = 'new content' WHERE id = 'g1'", &[]).await.unwrap();
-    let written = writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap();
-    assert!(written.is_empty(), "old content's vector must not be written");
+    db.execute(
+        "UPDATE m0_episodic SET content = 'new content' WHERE id = 'g1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let written = writer
+        .complete(&db, &claim, vec![vec![0.5; 384]])
+        .await
+        .unwrap();
+    assert!(
+        written.is_empty(),
+        "old content's vector must not be written"
+    );
     let r = db
         .query_one("SELECT needs_embedding, embedding IS NULL, claimed_by IS NULL FROM m0_episodic WHERE id = 'g1'", &[])
         .await
         .unwrap();
-    assert_eq!((r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)), (true, true, true));
+    assert_eq!(
+        (
+            r.get::<_, bool>(0),
+            r.get::<_, bool>(1),
+            r.get::<_, bool>(2)
+        ),
+        (true, true, true)
+    );
 
     // Lease expires and another worker re-claims: the first holder cannot complete.
     let first = claimer.claim(&db, &[], 10, 0.001, 3).await.unwrap();
@@ -220,14 +321,36 @@ async fn stale_claims_never_write() {
     let mut other = Claimer::prepare(&db, &table, "test-b").await.unwrap();
     let second = other.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     assert_eq!(second.rows.len(), 1, "expired claim taken over");
-    assert!(writer.complete(&db, &first, vec![vec![0.5; 384]]).await.unwrap().is_empty());
-    assert_eq!(writer.complete(&db, &second, vec![vec![0.5; 384]]).await.unwrap().len(), 1);
+    assert!(writer
+        .complete(&db, &first, vec![vec![0.5; 384]])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        writer
+            .complete(&db, &second, vec![vec![0.5; 384]])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A row deleted while claimed: write-back matches nothing, no error.
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('g2', 'short lived')", &[]).await.unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('g2', 'short lived')",
+        &[],
+    )
+    .await
+    .unwrap();
     let claim = claimer.claim(&db, &[], 10, 30.0, 3).await.unwrap();
-    db.execute("DELETE FROM m0_episodic WHERE id = 'g2'", &[]).await.unwrap();
-    assert!(writer.complete(&db, &claim, vec![vec![0.5; 384]]).await.unwrap().is_empty());
+    db.execute("DELETE FROM m0_episodic WHERE id = 'g2'", &[])
+        .await
+        .unwrap();
+    assert!(writer
+        .complete(&db, &claim, vec![vec![0.5; 384]])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,9 +358,19 @@ async fn odd_content_is_embedded_and_bad_payloads_are_ignored() {
     let (url, db) = schema_db("odd").await;
     let daemon = start_daemon(&url).await;
     let long = "word ".repeat(2000);
-    let cases = [("empty", ""), ("blank", "   \n\t "), ("emoji", "🚀🔥 naïve café 日本語"), ("long", long.as_str())];
+    let cases = [
+        ("empty", ""),
+        ("blank", "   \n\t "),
+        ("emoji", "🚀🔥 naïve café 日本語"),
+        ("long", long.as_str()),
+    ];
     for (id, content) in cases {
-        db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)", &[&id, &content]).await.unwrap();
+        db.execute(
+            "INSERT INTO m0_episodic (id, content) VALUES ($1, $2)",
+            &[&id, &content],
+        )
+        .await
+        .unwrap();
     }
     // Garbage on the channel is only a wake-up; it must not disturb anything.
     db.batch_execute(&format!(
@@ -248,7 +381,12 @@ async fn odd_content_is_embedded_and_bad_payloads_are_ignored() {
     .unwrap();
     // An id too long for a NOTIFY payload still inserts (the trigger sends an empty hint).
     let long_id = "i".repeat(9000);
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ($1, 'long id')", &[&long_id]).await.unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ($1, 'long id')",
+        &[&long_id],
+    )
+    .await
+    .unwrap();
     for (id, _) in cases {
         assert_vector_matches_content(&db, id).await;
     }
@@ -271,7 +409,10 @@ async fn graceful_stop_leaves_no_claims_behind() {
     .await;
     daemon.stop().await;
     let held: i64 = db
-        .query_one("SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM m0_episodic WHERE claimed_by IS NOT NULL",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -279,7 +420,14 @@ async fn graceful_stop_leaves_no_claims_behind() {
     // A new daemon finishes the rest.
     let daemon = start_daemon(&url).await;
     wait_for("all rows embedded", DEADLINE * 2, || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[]).await.unwrap().get(0);
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
         (n == 0).then_some(())
     })
     .await;
@@ -300,14 +448,20 @@ async fn latency_report() {
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(Ok(m)) = futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await.into() {
+        while let Some(Ok(m)) = futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
             if let tokio_postgres::AsyncMessage::Notification(n) = m {
                 let _ = tx.send((n.payload().to_string(), Instant::now()));
             }
         }
     });
-    listen.batch_execute("LISTEN embedding_ready").await.unwrap();
-    let insert = db.prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)").await.unwrap();
+    listen
+        .batch_execute("LISTEN embedding_ready")
+        .await
+        .unwrap();
+    let insert = db
+        .prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)")
+        .await
+        .unwrap();
     let n = 200;
     let mut client_ms = Vec::new();
     for i in 0..n {
@@ -339,7 +493,6 @@ async fn latency_report() {
     println!("insert-commit -> embedding_ready received (client clock): {c:?}");
     println!("queued_at -> embedded_at (database clock):               {d:?}");
     daemon.stop().await;
-    let _ = Arc::new(());
 }
 
 /// A claim that expires in its holder's hands counts an attempt when taken over (the holder
@@ -348,22 +501,43 @@ async fn latency_report() {
 async fn taking_over_an_expired_claim_counts_an_attempt_and_ends_failed() {
     let (_url, db) = schema_db("takeover").await;
     let table = Table::default();
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('poison', 'crashes every worker')", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('poison', 'crashes every worker')",
+        &[],
+    )
+    .await
+    .unwrap();
     let mut claimer = Claimer::prepare(&db, &table, "crashy").await.unwrap();
     let max_retries = 3;
     for expected_count in 0..max_retries {
-        let c = claimer.claim(&db, &[], 10, 0.001, max_retries).await.unwrap();
+        let c = claimer
+            .claim(&db, &[], 10, 0.001, max_retries)
+            .await
+            .unwrap();
         assert_eq!(c.rows.len(), 1, "claimed again after its lease expired");
-        let r = db.query_one("SELECT retry_count, retry_status FROM m0_episodic", &[]).await.unwrap();
-        assert_eq!((r.get::<_, i32>(0), r.get::<_, String>(1)), (expected_count, "processing".into()));
+        let r = db
+            .query_one("SELECT retry_count, retry_status FROM m0_episodic", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, i32>(0), r.get::<_, String>(1)),
+            (expected_count, "processing".into())
+        );
         tokio::time::sleep(Duration::from_millis(5)).await; // the 1 ms lease lapses: a "crash"
     }
-    let c = claimer.claim(&db, &[], 10, 0.001, max_retries).await.unwrap();
-    assert!(c.rows.is_empty(), "the last attempt is used up: not claimed again");
+    let c = claimer
+        .claim(&db, &[], 10, 0.001, max_retries)
+        .await
+        .unwrap();
+    assert!(
+        c.rows.is_empty(),
+        "the last attempt is used up: not claimed again"
+    );
     let r = db
-        .query_one("SELECT retry_count, retry_status, last_error, claimed_by IS NULL FROM m0_episodic", &[])
+        .query_one(
+            "SELECT retry_count, retry_status, last_error, claimed_by IS NULL FROM m0_episodic",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(r.get::<_, i32>(0), 3);
@@ -382,12 +556,26 @@ async fn hinted_rows_jump_the_backlog() {
     )
     .await
     .unwrap();
-    let mut claimer = Claimer::prepare(&db, &Table::default(), "hints").await.unwrap();
-    let c = claimer.claim(&db, &["fresh".to_string(), "no-such-id".to_string()], 4, 30.0, 3).await.unwrap();
+    let mut claimer = Claimer::prepare(&db, &Table::default(), "hints")
+        .await
+        .unwrap();
+    let c = claimer
+        .claim(
+            &db,
+            &["fresh".to_string(), "no-such-id".to_string()],
+            4,
+            30.0,
+            3,
+        )
+        .await
+        .unwrap();
     let ids: Vec<&str> = c.rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), 4);
     assert_eq!(ids[0], "fresh", "{ids:?}");
-    assert!(ids[1..].iter().all(|id| id.starts_with("old")), "then the oldest: {ids:?}");
+    assert!(
+        ids[1..].iter().all(|id| id.starts_with("old")),
+        "then the oldest: {ids:?}"
+    );
 }
 
 /// The per-statement notify option: one notification per statement, same end state.
@@ -395,9 +583,14 @@ async fn hinted_rows_jump_the_backlog() {
 async fn per_statement_notifications_embed_bulk_loads() {
     let url = fresh_database("per_statement").await;
     let db = connect(&url).await;
-    schema::init_with(&db, &Table::default(), pgai_embed::DIM, schema::NotifyMode::PerStatement)
-        .await
-        .unwrap();
+    schema::init_with(
+        &db,
+        &Table::default(),
+        pgai_embed::DIM,
+        schema::NotifyMode::PerStatement,
+    )
+    .await
+    .unwrap();
     let daemon = start_daemon(&url).await;
     db.batch_execute(
         "INSERT INTO m0_episodic (id, content) SELECT 'bulk' || g, 'bulk row ' || g FROM generate_series(1, 300) g",
@@ -405,7 +598,14 @@ async fn per_statement_notifications_embed_bulk_loads() {
     .await
     .unwrap();
     wait_for("the bulk load to be embedded", DEADLINE * 2, || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[]).await.unwrap().get(0);
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
         (n == 0).then_some(())
     })
     .await;
@@ -423,14 +623,22 @@ async fn per_statement_notifications_embed_bulk_loads() {
 async fn metrics_reflect_the_pipeline() {
     let (url, db) = schema_db("metrics").await;
     let daemon = start_daemon(&url).await;
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('x', 'metrics please')", &[]).await.unwrap();
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('x', 'metrics please')",
+        &[],
+    )
+    .await
+    .unwrap();
     wait_embedded(&db, "x").await;
     let text = wait_for("the counter to show the row", DEADLINE, || async {
         let t = daemon.monitor.render_prometheus();
         t.contains("\npgai_rows_embedded_total 1\n").then_some(t)
     })
     .await;
-    assert!(text.contains("pgai_embedding_latency_seconds_count 1\n"), "{text}");
+    assert!(
+        text.contains("pgai_embedding_latency_seconds_count 1\n"),
+        "{text}"
+    );
     assert!(text.contains("\npgai_listener_connected 1\n"), "{text}");
     daemon.stop().await;
 }
@@ -449,8 +657,15 @@ async fn a_role_with_only_select_and_update_is_enough() {
     .unwrap();
     let app_url = url.replacen("postgres@", &format!("{role}@"), 1);
     assert_ne!(app_url, url);
-    let daemon = Daemon::start(Config::new(&app_url), model().await).await.expect("daemon as the app role");
-    db.execute("INSERT INTO m0_episodic (id, content) VALUES ('lp', 'least privilege')", &[]).await.unwrap();
+    let daemon = Daemon::start(Config::new(&app_url), model().await)
+        .await
+        .expect("daemon as the app role");
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('lp', 'least privilege')",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_vector_matches_content(&db, "lp").await;
     daemon.stop().await;
 }
