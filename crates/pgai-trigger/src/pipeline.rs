@@ -63,7 +63,19 @@ struct Shared {
     active: Mutex<HashSet<String>>,
 }
 
+impl Shared {
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Worker {
+    /// The provider embedded something: close the breaker and clear the paused gauge.
+    fn provider_ok(&self, shared: &Shared) {
+        shared.breaker().on_success();
+        self.monitor.provider_paused.store(false, Relaxed);
+    }
+
     /// Runs until `shutdown`, reconnecting with backoff. On shutdown, batches already claimed
     /// are finished (written, or given back) before this returns.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -168,11 +180,7 @@ impl Worker {
         let lease = cfg.lease.as_secs_f64();
         let capacity = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while !shutdown.is_cancelled() {
-            let pause = shared
-                .breaker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pause_left(Instant::now());
+            let pause = shared.breaker().pause_left(Instant::now());
             if let Some(pause) = pause {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -184,11 +192,7 @@ impl Worker {
                 p = capacity.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.cancelled() => break,
             };
-            let limit = shared
-                .breaker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .claim_limit(cfg.batch_size);
+            let limit = shared.breaker().claim_limit(cfg.batch_size);
             let hinted = self.wake.hints.take_newest(limit);
             let claim = within(
                 "claim",
@@ -252,12 +256,7 @@ impl Worker {
             match result {
                 Ok((vectors, _took)) => {
                     self.write(db, writer, claim, vectors).await?;
-                    shared
-                        .breaker
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .on_success();
-                    self.monitor.provider_paused.store(false, Relaxed);
+                    self.provider_ok(shared);
                 }
                 Err(e) if claim.rows.len() > 1 => {
                     // One bad row must not cost the others an attempt: embed them one by one.
@@ -312,11 +311,7 @@ impl Worker {
             match self.embed.embed(vec![row.content.clone()]).await {
                 Ok(v) => {
                     self.write(db, writer, &part, v).await?;
-                    shared
-                        .breaker
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .on_success();
+                    self.provider_ok(shared);
                 }
                 Err(e) => {
                     if self
@@ -352,21 +347,12 @@ impl Worker {
         let cfg = &self.config;
         let error: String = error.replace('\n', " ").chars().take(1000).collect();
         self.monitor.record_error(error.clone());
-        let mut verdict = shared
-            .breaker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .on_failure(id, Instant::now());
+        let mut verdict = shared.breaker().on_failure(id, Instant::now());
         if matches!(verdict, Verdict::ProviderDown(_))
             && self.embed.embed(vec![CANARY.to_string()]).await.is_ok()
         {
             // The provider embeds a known-good text: it is up, and these rows are the problem.
-            shared
-                .breaker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .on_success();
-            self.monitor.provider_paused.store(false, Relaxed);
+            self.provider_ok(shared);
             verdict = Verdict::CountAttempt;
         }
         match verdict {
