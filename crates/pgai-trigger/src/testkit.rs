@@ -105,6 +105,14 @@ pub async fn shared_model(threads: usize) -> crate::EmbedService {
         .clone()
 }
 
+/// Cosine similarity, in f64 (the parity bar is 0.9999, so f32 sums would eat the margin).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
 /// A TCP port on 127.0.0.1 free right now, never the same twice in this process.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);

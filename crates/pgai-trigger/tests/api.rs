@@ -11,7 +11,7 @@ use pgai_trigger::http::{self, Api};
 use pgai_trigger::schema::{self, Table};
 use pgai_trigger::settings::Settings;
 use pgai_trigger::store::{Mode, NewItem, Store, StoreFactory};
-use pgai_trigger::testkit::{fresh_database, wait_for};
+use pgai_trigger::testkit::{cosine, fresh_database, wait_for};
 use pgai_trigger::{Config, EmbedService};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -84,9 +84,6 @@ async fn post(url: String, body: Value) -> (u16, Value, String) {
     call("POST", url, None, Some(body.to_string())).await
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
-}
 
 fn assert_error(body: &Value, status: u16) {
     assert_eq!(body["error"]["code"], status, "{body}");

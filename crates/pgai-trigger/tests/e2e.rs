@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgai_trigger::claim::Claimer;
 use pgai_trigger::schema::{self, Table};
-use pgai_trigger::testkit::{fresh_database, wait_for};
+use pgai_trigger::testkit::{cosine, fresh_database, wait_for};
 use pgai_trigger::writeback::Writer;
 use pgai_trigger::{Config, Daemon, EmbedService};
 use pgvector::Vector;
@@ -41,15 +41,18 @@ async fn start_daemon(url: &str) -> Daemon {
         .expect("daemon start")
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64) * (*y as f64))
-        .sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+
+/// Waits until no row needs an embedding.
+async fn wait_drained(db: &Client, what: &str, deadline: Duration) {
+    wait_for(what, deadline, || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await
 }
 
 /// Waits until row `id` is embedded and returns (content, vector, retry_status).
@@ -162,18 +165,7 @@ async fn rows_written_while_no_daemon_runs_are_embedded_at_start() {
     }
     // Nobody listened to those notifications: the daemon must find the rows in the table.
     let daemon = start_daemon(&url).await;
-    wait_for("the backlog to drain", DEADLINE, || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
-    })
-    .await;
+    wait_drained(&db, "the backlog to drain", DEADLINE).await;
     for i in [0, 17, 49] {
         assert_vector_matches_content(&db, &format!("b{i}")).await;
     }
@@ -419,18 +411,7 @@ async fn graceful_stop_leaves_no_claims_behind() {
     assert_eq!(held, 0, "a stopped daemon finishes its claims");
     // A new daemon finishes the rest.
     let daemon = start_daemon(&url).await;
-    wait_for("all rows embedded", DEADLINE * 2, || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
-    })
-    .await;
+    wait_drained(&db, "all rows embedded", DEADLINE * 2).await;
     daemon.stop().await;
 }
 
@@ -597,18 +578,7 @@ async fn per_statement_notifications_embed_bulk_loads() {
     )
     .await
     .unwrap();
-    wait_for("the bulk load to be embedded", DEADLINE * 2, || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM m0_episodic WHERE needs_embedding",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
-    })
-    .await;
+    wait_drained(&db, "the bulk load to be embedded", DEADLINE * 2).await;
     let notes = daemon.monitor.snapshot().notifications;
     assert!(notes <= 3, "one notification per statement, got {notes}");
     for id in ["bulk1", "bulk150", "bulk300"] {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pgai_embed::{EmbedError, Embedder};
 use pgai_trigger::schema::{self, Table};
-use pgai_trigger::testkit::fresh_database;
+use pgai_trigger::testkit::{cosine, fresh_database};
 use pgai_trigger::EmbedService;
 use pgvector::Vector;
 use tokio_postgres::Client;
@@ -363,16 +363,6 @@ impl EndState {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64) * (*y as f64))
-        .sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
 
 /// Reads every row and compares its vector with the model's vector of its current content
 /// (each distinct content embedded once, 64 per model call).
