@@ -7,7 +7,7 @@ export PGAI_HOME
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup build run test lint clean-data
+.PHONY: setup build run test lint fmt clean-data
 
 setup:
 	@scripts/setup.sh
@@ -19,12 +19,18 @@ build: setup
 run: build
 	target/release/pgai-trigger up $(ARGS)
 
-## Everything CI runs: unit tests, model parity, end-to-end tests on the real cluster.
-test: setup
+## Everything CI runs: formatting and clippy, then unit tests, doc examples, model parity and
+## end-to-end tests on the real cluster.
+test: setup lint
 	$(CARGO) test --release --locked --workspace
 
+## rustfmt's check and clippy with warnings as errors, over every crate and target.
 lint:
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
 
 ## Deletes the default data directory of `make run` (all rows!).
 clean-data:

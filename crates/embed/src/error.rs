@@ -22,7 +22,11 @@ pub enum EmbedError {
     /// A remote (OpenAI-compatible) endpoint refused or failed a request. `status` is the HTTP
     /// status, `None` when no answer came (connection refused, timeout, unreadable body).
     #[error("remote embedding endpoint {url}: {}{message}", .status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
-    Remote { url: String, status: Option<u16>, message: String },
+    Remote {
+        url: String,
+        status: Option<u16>,
+        message: String,
+    },
 }
 
 impl EmbedError {

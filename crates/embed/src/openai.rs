@@ -84,12 +84,23 @@ impl OpenAiEmbedder {
             .timeout(config.timeout)
             .build();
         let endpoint = config.endpoint();
-        let mut e = OpenAiEmbedder { agent, endpoint, dim: 0, config };
+        let mut e = OpenAiEmbedder {
+            agent,
+            endpoint,
+            dim: 0,
+            config,
+        };
         let probe = e.request(&["dimension probe"])?;
         let got = probe[0].len();
         if let Some(want) = e.config.dimensions {
             if got != want {
-                return Err(e.remote(None, format!("model {} gives {got} dimensions, configured {want}", e.config.model)));
+                return Err(e.remote(
+                    None,
+                    format!(
+                        "model {} gives {got} dimensions, configured {want}",
+                        e.config.model
+                    ),
+                ));
             }
         }
         e.dim = got;
@@ -97,7 +108,11 @@ impl OpenAiEmbedder {
     }
 
     fn remote(&self, status: Option<u16>, message: String) -> EmbedError {
-        EmbedError::Remote { url: self.endpoint.clone(), status, message }
+        EmbedError::Remote {
+            url: self.endpoint.clone(),
+            status,
+            message,
+        }
     }
 
     fn request(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
@@ -109,7 +124,10 @@ impl OpenAiEmbedder {
         if let Some(d) = self.config.dimensions {
             body["dimensions"] = d.into();
         }
-        let mut req = self.agent.post(&self.endpoint).set("Content-Type", "application/json");
+        let mut req = self
+            .agent
+            .post(&self.endpoint)
+            .set("Content-Type", "application/json");
         if let Some(key) = &self.config.api_key {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
@@ -126,7 +144,11 @@ impl OpenAiEmbedder {
         if parsed.data.len() != texts.len() {
             return Err(self.remote(
                 None,
-                format!("asked for {} vectors, got {}", texts.len(), parsed.data.len()),
+                format!(
+                    "asked for {} vectors, got {}",
+                    texts.len(),
+                    parsed.data.len()
+                ),
             ));
         }
         let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
@@ -140,7 +162,10 @@ impl OpenAiEmbedder {
         let out: Vec<Vec<f32>> = out.into_iter().map(|v| v.unwrap_or_default()).collect();
         if self.dim != 0 {
             if let Some(v) = out.iter().find(|v| v.len() != self.dim) {
-                return Err(self.remote(None, format!("answered {} dimensions, expected {}", v.len(), self.dim)));
+                return Err(self.remote(
+                    None,
+                    format!("answered {} dimensions, expected {}", v.len(), self.dim),
+                ));
             }
         }
         Ok(out)
@@ -149,12 +174,14 @@ impl OpenAiEmbedder {
 
 /// The `error.message` of an OpenAI-style error body, else the body itself (shortened).
 fn error_message(body: &str) -> String {
-    let from_json = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.get("error"))
-            .or_else(|| v.get("message"))
-            .and_then(|m| m.as_str().map(str::to_string))
-    });
+    let from_json = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("error"))
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str().map(str::to_string))
+        });
     let msg = one_line(from_json.unwrap_or_else(|| body.to_string()));
     if msg.len() > 300 {
         let mut end = 300;
@@ -214,7 +241,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for (status, body) in answers {
-                let Ok((mut s, _)) = listener.accept() else { return };
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut len = 0;
                 loop {
@@ -254,12 +283,19 @@ mod tests {
     fn learns_the_dimension_and_normalises() {
         let url = fake_server(vec![
             (200, TWO_D.into()),
-            (200, r#"{"data":[{"index":1,"embedding":[0,2]},{"index":0,"embedding":[1,0]}]}"#.into()),
+            (
+                200,
+                r#"{"data":[{"index":1,"embedding":[0,2]},{"index":0,"embedding":[1,0]}]}"#.into(),
+            ),
         ]);
         let mut e = OpenAiEmbedder::new(config(url)).unwrap();
         assert_eq!(e.dim(), 2);
         let v = e.embed(&["a", "b"]).unwrap();
-        assert_eq!(v, vec![vec![1.0, 0.0], vec![0.0, 1.0]], "ordered by index, unit length");
+        assert_eq!(
+            v,
+            vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+            "ordered by index, unit length"
+        );
     }
 
     #[test]
@@ -273,23 +309,41 @@ mod tests {
         ]);
         let mut e = OpenAiEmbedder::new(config(url)).unwrap();
         let auth = e.embed(&["x"]).unwrap_err();
-        assert!(auth.is_permanent() && auth.to_string().contains("HTTP 401: Incorrect API key"), "{auth}");
+        assert!(
+            auth.is_permanent() && auth.to_string().contains("HTTP 401: Incorrect API key"),
+            "{auth}"
+        );
         let rate = e.embed(&["x"]).unwrap_err();
-        assert!(!rate.is_permanent() && rate.to_string().contains("429"), "{rate}");
+        assert!(
+            !rate.is_permanent() && rate.to_string().contains("429"),
+            "{rate}"
+        );
         assert!(!e.embed(&["x"]).unwrap_err().is_permanent());
         let dim = e.embed(&["x"]).unwrap_err();
-        assert!(dim.to_string().contains("3 dimensions, expected 2"), "{dim}");
+        assert!(
+            dim.to_string().contains("3 dimensions, expected 2"),
+            "{dim}"
+        );
     }
 
     #[test]
     fn unreachable_is_transient_and_wrong_dimension_is_refused() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let e = OpenAiEmbedder::new(config(format!("http://127.0.0.1:{port}/v1"))).err().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = OpenAiEmbedder::new(config(format!("http://127.0.0.1:{port}/v1")))
+            .err()
+            .unwrap();
         assert!(!e.is_permanent(), "{e}");
         let mut c = config(fake_server(vec![(200, TWO_D.into())]));
         c.dimensions = Some(384);
         let e = OpenAiEmbedder::new(c).err().unwrap();
-        assert!(e.to_string().contains("gives 2 dimensions, configured 384"), "{e}");
+        assert!(
+            e.to_string().contains("gives 2 dimensions, configured 384"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,8 +19,6 @@ pub enum Error {
     Embed(#[from] EmbedError),
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("embedded cluster: {0}")]
-    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Error {
@@ -65,6 +63,11 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
             s.replace('\n', " ")
         }
     }
+}
+
+/// `s` on one line: runs of whitespace (newlines included) become one space.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,52 +7,91 @@
 //!
 //! # Layout
 //!
-//! The modules follow a row through the system:
+//! The folders follow a row from INSERT to vector:
 //!
-//! 1. [`schema`]    — the table, its indexes, the requeue and notify triggers; `db init/status`.
-//! 2. [`listener`]  — a dedicated LISTEN connection: wake-ups, the newest ids as claim hints,
-//!    a self-probe that must come back.
-//! 3. [`claim`]     — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token;
-//!    take-over of expired claims counts an attempt.
-//! 4. [`embedder`]  — the model on its own OS thread behind a bounded channel, cut into calls by
-//!    a token budget (the model itself lives in the `pgai-embed` crate).
-//! 5. [`writeback`] — the guarded write of vectors (id + claim token + content version), failed
-//!    attempts with backoff, release and lease renewal.
-//! 6. [`monitor`]   — counters, gauges sampled from the database, latency histogram,
-//!    Prometheus text, rate-limited error logs.
+//! 1. `queue/schema`     — the table, its indexes, the requeue and notify triggers
+//!    (`db init` / `db recreate` / `db status`, and the daemon's start-up check).
+//! 2. `daemon/listener`  — a dedicated LISTEN connection: wake-ups, the newest ids as claim
+//!    hints, a self-probe that must come back; its health reaches the worker with the wake-up.
+//! 3. `queue/claim`      — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token;
+//!    take-over of an expired claim counts an attempt. `queue/lease` renews and gives back.
+//! 4. `daemon/model`     — the model on its own OS thread behind a bounded channel, cut into
+//!    calls by a token budget (the model itself is the `pgai-embed` crate).
+//! 5. `queue/writeback`  — the guarded write of vectors (id + claim token + content version),
+//!    failed attempts with backoff.
+//! 6. `monitor`          — counters, gauges, the latency histogram, Prometheus text.
 //!
-//! Around them: [`pipeline`] runs claim → embed → write-back as one worker, [`breaker`] backs
-//! it off a failing provider, [`daemon`] starts and stops listener and worker together,
-//! [`http`] serves the HTTP API, [`config`] holds the validated settings, [`db`] opens
-//! connections and puts deadlines on statements, [`backoff`] paces reconnects, [`cluster`]
-//! manages the embedded PostgreSQL of `up` and the tests, and [`testkit`] gives each test a
-//! database on one shared cluster. [`bench`] is `pgai-trigger bench`: latency, throughput and
-//! where a row's time goes.
+//! `daemon/worker` runs 3 → 4 → 5 as one pipelined worker, backed off a failing provider by
+//! `daemon/breaker`; `daemon` starts and stops listener and worker together. `queue/state` is the
+//! one definition of pending / processing / completed / failed / not queued that every count
+//! uses. `pg` is the PostgreSQL plumbing (connections, deadlines, the store's pool, the one
+//! notification stream [`Notifications`]). Around the flow: `store` is the library API (add /
+//! get / search / delete, stats, health), [`http`] serves it, `config` holds the settings (file,
+//! environment, defaults) and the validated [`Config`].
 //!
-//! For users: [`settings`] loads the YAML file and environment into a [`Config`], and [`store`]
-//! is the library API (add / get / search / delete, stats, health) behind the CLI and HTTP.
+//! The command line, the bench, the embedded cluster and the test kit are other crates of the
+//! workspace (`crates/cli`, `crates/cluster`, `crates/testkit`).
+//!
+//! # Example
+//!
+//! The row states every count agrees on:
+//!
+//! ```
+//! use pgai_trigger::RowState;
+//!
+//! assert_eq!(RowState::parse("processing"), Some(RowState::Processing));
+//! // One SQL predicate per state; the claim takes due pending rows only.
+//! assert!(RowState::due_predicate().contains(&RowState::Pending.predicate()));
+//! ```
+//!
+//! Settings from the YAML file (the original design's keys), validated into the daemon's
+//! [`Config`]; the password never reaches `Debug`:
+//!
+//! ```
+//! let settings = pgai_trigger::Settings::from_yaml(
+//!     "database:\n  url: postgresql://app:s3cret@db/notes\n  pgai:\n    max_retries: 5\n",
+//! )?;
+//! let config = settings.daemon_config()?;
+//! assert_eq!(config.max_retries, 5);
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! # Ok::<(), pgai_trigger::Error>(())
+//! ```
+//!
+//! A table kept embedded, from a program: see [`Store`] and `examples/store.rs`.
 
-pub mod backoff;
-pub mod bench;
-pub mod breaker;
-pub mod claim;
-pub mod cluster;
-pub mod config;
-pub mod daemon;
-pub mod db;
-pub mod embedder;
-pub mod error;
+mod config;
+mod daemon;
+mod error;
 pub mod http;
-pub mod listener;
-pub mod monitor;
-pub mod pipeline;
-pub mod schema;
-pub mod settings;
-pub mod store;
-pub mod testkit;
-pub mod writeback;
+mod monitor;
+mod pg;
+mod queue;
+mod store;
 
-pub use config::Config;
+pub use config::defaults;
+pub use config::settings::{
+    EmbeddingSettings, HttpSettings, PgaiSettings, ProviderKind, Settings, DEFAULT_PATHS,
+};
+pub use config::{redact_url, Config};
+pub use daemon::model::{embed_in_chunks, EmbedResult, EmbedService, TOKEN_BUDGET};
 pub use daemon::Daemon;
-pub use embedder::EmbedService;
-pub use error::{Error, Result};
+pub use error::{db_message, one_line, Error, Result};
+pub use monitor::{percentiles, ListenerHealth, Monitor, Percentiles, Stats};
+pub use pg::{connect, pg_config, within, Notification, Notifications};
+pub use queue::{
+    quote_ident, validate_identifier, Claim, ClaimedRow, Claimer, Leases, NotifyMode, QueueCounts,
+    RowState, Table, Writer, Written, CHANNEL_NEEDED, CHANNEL_READY, DEFAULT_TABLE,
+    LEASE_EXPIRED_ERROR,
+};
+pub use store::{
+    Check, Health, HealthStatus, Item, Latency, Mode, NewItem, ProcessingStats, Queue, SearchHit,
+    Store, StoreError, StoreFactory, StoreResult,
+};
+
+/// The schema: create, recreate and inspect the queue table (`db init`, `db recreate`,
+/// `db status`) and the daemon's start-up check.
+pub mod schema {
+    pub use crate::queue::schema::{
+        ddl, ddl_with, init, init_with, recreate, recreate_with, status, verify, Status,
+    };
+}

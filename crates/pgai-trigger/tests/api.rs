@@ -7,20 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgai_embed::Embedder;
+use pgai_testkit::{cosine, fresh_database, wait_for};
 use pgai_trigger::http::{self, Api};
-use pgai_trigger::schema::{self, Table};
-use pgai_trigger::settings::Settings;
-use pgai_trigger::store::{Mode, NewItem, Store, StoreFactory};
-use pgai_trigger::testkit::{cosine, fresh_database, wait_for};
-use pgai_trigger::{Config, EmbedService};
+use pgai_trigger::{
+    schema, Config, EmbedService, Mode, NewItem, Settings, Store, StoreFactory, Table,
+};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn model() -> EmbedService {
-    pgai_trigger::testkit::shared_model(2).await
-}
 
 /// A database with the schema, a store running its daemon, and the API on a free port.
 struct Server {
@@ -33,15 +28,28 @@ struct Server {
 impl Server {
     async fn start(prefix: &str, token: Option<&str>, enable_metrics: bool) -> Server {
         let url = fresh_database(prefix).await;
-        let (client, _t) = pgai_trigger::db::connect(&url, "api test").await.unwrap();
-        schema::init(&client, &Table::default(), pgai_embed::DIM).await.unwrap();
-        let store = Store::new(Config::new(&url)).with_embedder(model().await);
+        let (client, _t) = pgai_trigger::connect(&url, "api test").await.unwrap();
+        schema::init(&client, &Table::default(), pgai_embed::DIM)
+            .await
+            .unwrap();
+        let store = Store::new(Config::new(&url)).with_embedder(pgai_testkit::model().await);
         store.start_daemon().await.expect("daemon");
         let store = Arc::new(store);
         let stop = CancellationToken::new();
-        let router = http::router(Api { store: store.clone(), token: token.map(String::from), enable_metrics });
-        let (addr, _task) = http::serve("127.0.0.1:0".parse().unwrap(), router, stop.clone()).await.unwrap();
-        Server { base: format!("http://{addr}"), addr, store, stop }
+        let router = http::router(Api {
+            store: store.clone(),
+            token: token.map(String::from),
+            enable_metrics,
+        });
+        let (addr, _task) = http::serve("127.0.0.1:0".parse().unwrap(), router, stop.clone())
+            .await
+            .unwrap();
+        Server {
+            base: format!("http://{addr}"),
+            addr,
+            store,
+            stop,
+        }
     }
 
     async fn stop(self) {
@@ -51,7 +59,12 @@ impl Server {
 }
 
 /// (status, body) of one request; the body parsed as JSON when it is JSON.
-async fn call(method: &str, url: String, token: Option<&str>, body: Option<String>) -> (u16, Value, String) {
+async fn call(
+    method: &str,
+    url: String,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value, String) {
     let method = method.to_string();
     let token = token.map(String::from);
     tokio::task::spawn_blocking(move || {
@@ -70,7 +83,11 @@ async fn call(method: &str, url: String, token: Option<&str>, body: Option<Strin
         };
         let status = resp.status();
         let text = resp.into_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        )
     })
     .await
     .unwrap()
@@ -84,10 +101,14 @@ async fn post(url: String, body: Value) -> (u16, Value, String) {
     call("POST", url, None, Some(body.to_string())).await
 }
 
-
 fn assert_error(body: &Value, status: u16) {
     assert_eq!(body["error"]["code"], status, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +134,11 @@ async fn items_search_stats_probes_and_metrics() {
     assert_eq!(item["has_embedding"], true);
     assert!(item["latency_ms"].as_f64().is_some());
 
-    let (st, accepted, _) = post(format!("{b}/v1/items"), json!({"content": "The quarterly revenue grew by ten percent"})).await;
+    let (st, accepted, _) = post(
+        format!("{b}/v1/items"),
+        json!({"content": "The quarterly revenue grew by ten percent"}),
+    )
+    .await;
     assert_eq!(st, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 32, "generated id");
@@ -122,7 +147,11 @@ async fn items_search_stats_probes_and_metrics() {
         (body["status"] == "completed").then_some(())
     })
     .await;
-    post(format!("{b}/v1/items?wait=true"), json!({"id": "espresso", "content": "Maria likes espresso", "metadata": {"user": "maria"}})).await;
+    post(
+        format!("{b}/v1/items?wait=true"),
+        json!({"id": "espresso", "content": "Maria likes espresso", "metadata": {"user": "maria"}}),
+    )
+    .await;
 
     let (st, item, _) = get(format!("{b}/v1/items/coffee?include_embedding=true")).await;
     assert_eq!(st, 200);
@@ -130,19 +159,42 @@ async fn items_search_stats_probes_and_metrics() {
     assert_eq!(item["metadata"]["user"], "maria");
 
     // Search order: the exact text first, then the related one, the unrelated last.
-    let (st, found, _) = post(format!("{b}/v1/search"), json!({"query": "I had coffee with Maria", "k": 3})).await;
+    let (st, found, _) = post(
+        format!("{b}/v1/search"),
+        json!({"query": "I had coffee with Maria", "k": 3}),
+    )
+    .await;
     assert_eq!(st, 200, "{found}");
-    let ids: Vec<&str> = found["results"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["coffee", "espresso", id.as_str()]);
-    let scores: Vec<f64> = found["results"].as_array().unwrap().iter().map(|h| h["score"].as_f64().unwrap()).collect();
-    assert!(scores[0] > 0.999 && scores[0] >= scores[1] && scores[1] >= scores[2], "{scores:?}");
+    let scores: Vec<f64> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores[0] > 0.999 && scores[0] >= scores[1] && scores[1] >= scores[2],
+        "{scores:?}"
+    );
     assert_eq!(found["results"][0]["content"], "I had coffee with Maria");
     // Filter: JSONB containment on metadata.
-    let (_, found, _) =
-        post(format!("{b}/v1/search"), json!({"query": "quarterly revenue", "k": 5, "filter": {"user": "maria"}})).await;
+    let (_, found, _) = post(
+        format!("{b}/v1/search"),
+        json!({"query": "quarterly revenue", "k": 5, "filter": {"user": "maria"}}),
+    )
+    .await;
     let hits = found["results"].as_array().unwrap();
     assert_eq!(hits.len(), 2);
-    assert!(hits.iter().all(|h| h["metadata"]["user"] == "maria"), "{found}");
+    assert!(
+        hits.iter().all(|h| h["metadata"]["user"] == "maria"),
+        "{found}"
+    );
 
     let (st, stats, _) = get(format!("{b}/v1/stats")).await;
     assert_eq!(st, 200);
@@ -151,7 +203,10 @@ async fn items_search_stats_probes_and_metrics() {
     assert_eq!(stats["queue_depth"], 0);
     assert_eq!(stats["success_rate"], 1.0);
     assert_eq!(stats["latency_ms"]["samples"], 3);
-    assert!(stats["latency_ms"]["p50"].as_f64().is_some() && stats["latency_ms"]["p99"].as_f64().is_some());
+    assert!(
+        stats["latency_ms"]["p50"].as_f64().is_some()
+            && stats["latency_ms"]["p99"].as_f64().is_some()
+    );
     assert!(stats["throughput_per_minute"].as_i64().unwrap() >= 3);
     assert!(stats["daemon"]["processed"].as_u64().unwrap() >= 3);
 
@@ -186,13 +241,20 @@ async fn items_search_stats_probes_and_metrics() {
 async fn bad_requests_get_json_errors() {
     let s = Server::start("api_bad", None, false).await;
     let b = &s.base;
-    let raw = |path: &str, body: &str| call("POST", format!("{b}{path}"), None, Some(body.to_string()));
+    let raw =
+        |path: &str, body: &str| call("POST", format!("{b}{path}"), None, Some(body.to_string()));
     let (st, body, _) = raw("/v1/items", "{\"content\": ").await;
     assert_eq!(st, 400);
     assert_error(&body, 400);
     let (st, body, _) = raw("/v1/items", "{\"id\": \"x\"}").await;
     assert_eq!(st, 422);
-    assert!(body["error"]["message"].as_str().unwrap().contains("content"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("content"),
+        "{body}"
+    );
     let (st, body, _) = raw("/v1/items", "{\"content\": \"a\", \"metadata\": [1]}").await;
     assert_eq!(st, 400, "{body}");
     let (st, body, _) = raw("/v1/items", "{\"content\": \"a\", \"colour\": 1}").await;
@@ -202,7 +264,10 @@ async fn bad_requests_get_json_errors() {
     assert_error(&body, 400);
     let (st, body, _) = raw("/v1/search", "{\"k\": 3}").await;
     assert_eq!(st, 422);
-    assert!(body["error"]["message"].as_str().unwrap().contains("query"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("query"),
+        "{body}"
+    );
     let (st, _, _) = raw("/v1/search", "{\"query\": \"x\", \"k\": 0}").await;
     assert_eq!(st, 400);
     let (st, _, _) = raw("/v1/search", "{\"query\": \"x\", \"filter\": \"user\"}").await;
@@ -211,11 +276,21 @@ async fn bad_requests_get_json_errors() {
     assert_eq!(st, 400);
     let (st, _, _) = raw("/v1/embeddings", "{\"model\": \"m\"}").await;
     assert_eq!(st, 422);
-    let (st, _, _) = raw("/v1/embeddings", "{\"input\": \"x\", \"encoding_format\": \"hex\"}").await;
+    let (st, _, _) = raw(
+        "/v1/embeddings",
+        "{\"input\": \"x\", \"encoding_format\": \"hex\"}",
+    )
+    .await;
     assert_eq!(st, 400);
     let (st, _, _) = raw("/v1/embeddings", "{\"input\": \"x\", \"dimensions\": 1536}").await;
     assert_eq!(st, 400);
-    let (st, body, _) = call("POST", format!("{b}/v1/items?wait=maybe"), None, Some("{\"content\":\"a\"}".into())).await;
+    let (st, body, _) = call(
+        "POST",
+        format!("{b}/v1/items?wait=maybe"),
+        None,
+        Some("{\"content\":\"a\"}".into()),
+    )
+    .await;
     assert_eq!(st, 400, "{body}");
     let (st, body, _) = get(format!("{b}/v1/nothing")).await;
     assert_eq!(st, 404);
@@ -239,10 +314,26 @@ async fn bearer_token_is_required_except_for_probes() {
         let (st, _, _) = call("GET", format!("{b}{path}"), Some("wrong"), None).await;
         assert_eq!(st, 401, "{path} with a wrong token");
     }
-    let (st, _, _) = call("POST", format!("{b}/v1/search"), None, Some("{\"query\":\"x\"}".into())).await;
+    let (st, _, _) = call(
+        "POST",
+        format!("{b}/v1/search"),
+        None,
+        Some("{\"query\":\"x\"}".into()),
+    )
+    .await;
     assert_eq!(st, 401);
-    assert_eq!(call("GET", format!("{b}/v1/stats"), Some("s3cret-token"), None).await.0, 200);
-    assert_eq!(call("GET", format!("{b}/v1/items/x"), Some("s3cret-token"), None).await.0, 404);
+    assert_eq!(
+        call("GET", format!("{b}/v1/stats"), Some("s3cret-token"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call("GET", format!("{b}/v1/items/x"), Some("s3cret-token"), None)
+            .await
+            .0,
+        404
+    );
     let (_, _, stats) = call("GET", format!("{b}/v1/stats"), Some("s3cret-token"), None).await;
     assert!(!stats.contains("s3cret"));
     s.stop().await;
@@ -251,14 +342,21 @@ async fn bearer_token_is_required_except_for_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_endpoint_and_the_remote_provider() {
     let s = Server::start("api_openai", Some("k3y"), true).await;
-    let local = model().await.embed(vec!["hello there".into(), "general kenobi".into()]).await.unwrap();
+    let local = pgai_testkit::model()
+        .await
+        .embed(vec!["hello there".into(), "general kenobi".into()])
+        .await
+        .unwrap();
 
     // OpenAI's request and answer shapes, float and base64.
     let (st, body, _) = call(
         "POST",
         format!("{}/v1/embeddings", s.base),
         Some("k3y"),
-        Some(json!({"input": ["hello there", "general kenobi"], "model": "text-embedding-3-small"}).to_string()),
+        Some(
+            json!({"input": ["hello there", "general kenobi"], "model": "text-embedding-3-small"})
+                .to_string(),
+        ),
     )
     .await;
     assert_eq!(st, 200, "{body}");
@@ -275,7 +373,10 @@ async fn embeddings_endpoint_and_the_remote_provider() {
         Some(json!({"input": "hello there", "encoding_format": "base64"}).to_string()),
     )
     .await;
-    assert_eq!(body["data"][0]["embedding"].as_str().unwrap().len(), (pgai_embed::DIM * 4).div_ceil(3) * 4);
+    assert_eq!(
+        body["data"][0]["embedding"].as_str().unwrap().len(),
+        (pgai_embed::DIM * 4).div_ceil(3) * 4
+    );
 
     // The remote provider against that endpoint: same vectors; a wrong key is permanent.
     let config = |key: &str| pgai_embed::OpenAiConfig {
@@ -289,26 +390,46 @@ async fn embeddings_endpoint_and_the_remote_provider() {
     let (vectors, refused) = tokio::task::spawn_blocking(move || {
         let mut e = pgai_embed::OpenAiEmbedder::new(good).unwrap();
         assert_eq!(e.dim(), pgai_embed::DIM);
-        (e.embed(&["hello there", "general kenobi"]).unwrap(), pgai_embed::OpenAiEmbedder::new(bad).err().unwrap())
+        (
+            e.embed(&["hello there", "general kenobi"]).unwrap(),
+            pgai_embed::OpenAiEmbedder::new(bad).err().unwrap(),
+        )
     })
     .await
     .unwrap();
     assert!(cosine(&vectors[0], &local[0]) >= 0.9999 && cosine(&vectors[1], &local[1]) >= 0.9999);
-    assert!(refused.is_permanent() && refused.to_string().contains("401"), "{refused}");
+    assert!(
+        refused.is_permanent() && refused.to_string().contains("401"),
+        "{refused}"
+    );
 
     // A daemon whose provider is the remote endpoint embeds a row (dimension checked at start).
     let url = fresh_database("api_remote_daemon").await;
-    let (db, _t) = pgai_trigger::db::connect(&url, "api test").await.unwrap();
-    schema::init(&db, &Table::default(), pgai_embed::DIM).await.unwrap();
-    let remote = config("k3y");
-    let embed = EmbedService::start(move || Ok(Box::new(pgai_embed::OpenAiEmbedder::new(remote)?) as Box<dyn Embedder>), 2)
+    let (db, _t) = pgai_trigger::connect(&url, "api test").await.unwrap();
+    schema::init(&db, &Table::default(), pgai_embed::DIM)
         .await
         .unwrap();
+    let remote = config("k3y");
+    let embed = EmbedService::start(
+        move || Ok(Box::new(pgai_embed::OpenAiEmbedder::new(remote)?) as Box<dyn Embedder>),
+        2,
+    )
+    .await
+    .unwrap();
     let store = Store::new(Config::new(&url)).with_embedder(embed);
     store.start_daemon().await.unwrap();
-    let item = store.add_and_wait(NewItem::new("hello there").id("r1"), DEADLINE).await.unwrap();
+    let item = store
+        .add_and_wait(NewItem::new("hello there").id("r1"), DEADLINE)
+        .await
+        .unwrap();
     assert_eq!(item.embedding_model.as_deref(), Some("all-minilm"));
-    let stored = store.get_with_embedding("r1").await.unwrap().unwrap().embedding.unwrap();
+    let stored = store
+        .get_with_embedding("r1")
+        .await
+        .unwrap()
+        .unwrap()
+        .embedding
+        .unwrap();
     assert!(cosine(&stored, &local[0]) >= 0.9999);
     store.close().await;
     s.stop().await;
@@ -322,30 +443,56 @@ async fn store_factory_polling_mode_library_api() {
     )
     .unwrap();
     settings.database.url = Some(url.clone());
-    let store = StoreFactory::create(&settings).await.unwrap().with_embedder(model().await);
+    let store = StoreFactory::create(&settings)
+        .await
+        .unwrap()
+        .with_embedder(pgai_testkit::model().await);
     assert_eq!(store.mode(), Mode::Polling);
     store.initialize().await.unwrap();
 
     let item = store
-        .add_and_wait(NewItem::new("the cat sat on the mat").id("c1").metadata(json!({"k": "v"})), DEADLINE)
+        .add_and_wait(
+            NewItem::new("the cat sat on the mat")
+                .id("c1")
+                .metadata(json!({"k": "v"})),
+            DEADLINE,
+        )
         .await
         .unwrap();
-    assert_eq!((item.status.as_str(), item.has_embedding), ("completed", true));
-    store.add(NewItem::new("dogs bark at night").id("c2")).await.unwrap();
+    assert_eq!(
+        (item.status.as_str(), item.has_embedding),
+        ("completed", true)
+    );
+    store
+        .add(NewItem::new("dogs bark at night").id("c2"))
+        .await
+        .unwrap();
     store.wait_embedded("c2", DEADLINE).await.unwrap();
-    let hits = store.search("the cat sat on the mat", 2, None).await.unwrap();
+    let hits = store
+        .search("the cat sat on the mat", 2, None)
+        .await
+        .unwrap();
     assert_eq!(hits[0].id, "c1");
-    let hits = store.search("dogs", 5, Some(&json!({"k": "v"}))).await.unwrap();
-    assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), vec!["c1"]);
+    let hits = store
+        .search("dogs", 5, Some(&json!({"k": "v"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        vec!["c1"]
+    );
 
     let stats = store.processing_stats().await.unwrap();
-    assert_eq!((stats.mode, stats.completed, stats.queue_depth), (Mode::Polling, 2, 0));
+    assert_eq!(
+        (stats.mode, stats.completed, stats.queue_depth),
+        (Mode::Polling, 2, 0)
+    );
     let health = store.health_status().await;
     assert!(health.is_healthy(), "{health:?}");
     assert!(health.checks["worker"].ok && !health.checks.contains_key("listener"));
 
     // A failed row goes back to pending and is embedded again.
-    let (db, _t) = pgai_trigger::db::connect(&url, "api test").await.unwrap();
+    let (db, _t) = pgai_trigger::connect(&url, "api test").await.unwrap();
     // As the pipeline leaves it: still needing an embedding, out of attempts (one transaction,
     // so no daemon claims it in between).
     db.batch_execute(
@@ -356,7 +503,10 @@ async fn store_factory_polling_mode_library_api() {
     )
     .await
     .unwrap();
-    assert_eq!(store.get("c2").await.unwrap().unwrap().status, "failed");
+    assert_eq!(
+        store.get("c2").await.unwrap().unwrap().status,
+        pgai_trigger::RowState::Failed
+    );
     assert_eq!(store.retry_failed().await.unwrap(), 1);
     let again = store.wait_embedded("c2", DEADLINE).await.unwrap();
     assert_eq!(again.retry_count, 0);

@@ -3,23 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use pgai_trigger::claim::Claimer;
-use pgai_trigger::schema::{self, Table};
-use pgai_trigger::testkit::{cosine, fresh_database, wait_for};
-use pgai_trigger::writeback::Writer;
-use pgai_trigger::{Config, Daemon, EmbedService};
+use pgai_testkit::{cosine, fresh_database, wait_for};
+use pgai_trigger::{schema, Claimer, Config, Daemon, Table, Writer};
 use pgvector::Vector;
 use tokio_postgres::Client;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// One model thread for the whole test process.
-async fn model() -> EmbedService {
-    pgai_trigger::testkit::shared_model(2).await
-}
-
 async fn connect(url: &str) -> Client {
-    pgai_trigger::db::connect(url, "e2e test")
+    pgai_trigger::connect(url, "e2e test")
         .await
         .expect("connect")
         .0
@@ -36,23 +28,9 @@ async fn schema_db(prefix: &str) -> (String, Client) {
 }
 
 async fn start_daemon(url: &str) -> Daemon {
-    Daemon::start(Config::new(url), model().await)
+    Daemon::start(Config::new(url), pgai_testkit::model().await)
         .await
         .expect("daemon start")
-}
-
-
-/// Waits until no row needs an embedding.
-async fn wait_drained(db: &Client, what: &str, deadline: Duration) {
-    wait_for(what, deadline, || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM m0_episodic WHERE needs_embedding", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
-    })
-    .await
 }
 
 /// Waits until row `id` is embedded and returns (content, vector, retry_status).
@@ -75,7 +53,7 @@ async fn wait_embedded(db: &Client, id: &str) -> (String, Vec<f32>, String) {
 async fn assert_vector_matches_content(db: &Client, id: &str) {
     let (content, vector, status) = wait_embedded(db, id).await;
     assert_eq!(status, "completed");
-    let expected = model()
+    let expected = pgai_testkit::model()
         .await
         .embed(vec![content.clone()])
         .await
@@ -109,7 +87,7 @@ async fn insert_is_embedded_with_the_models_vector() {
     assert!(r.get::<_, bool>(1), "claim cleared after write-back");
     assert_eq!(r.get::<_, String>(2), pgai_embed::MODEL_NAME);
     assert_eq!(r.get::<_, i32>(3), 0);
-    assert!(daemon.monitor.snapshot().processed >= 1);
+    assert!(daemon.monitor().snapshot().processed >= 1);
     daemon.stop().await;
 }
 
@@ -165,7 +143,7 @@ async fn rows_written_while_no_daemon_runs_are_embedded_at_start() {
     }
     // Nobody listened to those notifications: the daemon must find the rows in the table.
     let daemon = start_daemon(&url).await;
-    wait_drained(&db, "the backlog to drain", DEADLINE).await;
+    pgai_testkit::wait_drained(&db, DEADLINE).await;
     for i in [0, 17, 49] {
         assert_vector_matches_content(&db, &format!("b{i}")).await;
     }
@@ -178,7 +156,9 @@ async fn polling_mode_reaches_the_same_end_state() {
     let mut cfg = Config::new(&url);
     cfg.immediate_trigger = false;
     cfg.poll_interval = Duration::from_millis(200);
-    let daemon = Daemon::start(cfg, model().await).await.unwrap();
+    let daemon = Daemon::start(cfg, pgai_testkit::model().await)
+        .await
+        .unwrap();
     db.execute(
         "INSERT INTO m0_episodic (id, content) VALUES ('p1', 'polling works too')",
         &[],
@@ -187,7 +167,7 @@ async fn polling_mode_reaches_the_same_end_state() {
     .unwrap();
     assert_vector_matches_content(&db, "p1").await;
     assert_eq!(
-        daemon.monitor.snapshot().notifications,
+        daemon.monitor().snapshot().notifications,
         0,
         "no LISTEN in polling mode"
     );
@@ -208,7 +188,7 @@ async fn db_init_twice_is_harmless_and_keeps_rows() {
         .expect("second init");
     let st = schema::status(&db, &Table::default()).await.unwrap();
     assert!(st.table_exists);
-    assert_eq!(st.rows, 1);
+    assert_eq!(st.counts.rows, 1);
     assert_eq!(st.embedding_dim, Some(384));
     assert!(
         st.triggers
@@ -220,7 +200,11 @@ async fn db_init_twice_is_harmless_and_keeps_rows() {
         .await
         .unwrap();
     assert_eq!(
-        schema::status(&db, &Table::default()).await.unwrap().rows,
+        schema::status(&db, &Table::default())
+            .await
+            .unwrap()
+            .counts
+            .rows,
         0
     );
 }
@@ -229,7 +213,7 @@ async fn db_init_twice_is_harmless_and_keeps_rows() {
 async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
     // No pgvector extension created.
     let url = fresh_database("no_vector").await;
-    let err = Daemon::start(Config::new(&url), model().await)
+    let err = Daemon::start(Config::new(&url), pgai_testkit::model().await)
         .await
         .err()
         .expect("must fail")
@@ -239,7 +223,7 @@ async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
     // pgvector, but no table.
     let db = connect(&url).await;
     db.batch_execute("CREATE EXTENSION vector").await.unwrap();
-    let err = Daemon::start(Config::new(&url), model().await)
+    let err = Daemon::start(Config::new(&url), pgai_testkit::model().await)
         .await
         .err()
         .expect("must fail")
@@ -253,7 +237,7 @@ async fn daemon_refuses_a_database_without_schema_or_pgvector_in_one_line() {
     db.batch_execute(&schema::ddl(&Table::default(), 768))
         .await
         .unwrap();
-    let err = Daemon::start(Config::new(&url), model().await)
+    let err = Daemon::start(Config::new(&url), pgai_testkit::model().await)
         .await
         .err()
         .expect("must fail")
@@ -396,7 +380,7 @@ async fn graceful_stop_leaves_no_claims_behind() {
     .await
     .unwrap();
     wait_for("some rows embedded", DEADLINE, || async {
-        (daemon.monitor.snapshot().processed > 0).then_some(())
+        (daemon.monitor().snapshot().processed > 0).then_some(())
     })
     .await;
     daemon.stop().await;
@@ -411,7 +395,7 @@ async fn graceful_stop_leaves_no_claims_behind() {
     assert_eq!(held, 0, "a stopped daemon finishes its claims");
     // A new daemon finishes the rest.
     let daemon = start_daemon(&url).await;
-    wait_drained(&db, "all rows embedded", DEADLINE * 2).await;
+    pgai_testkit::wait_drained(&db, DEADLINE * 2).await;
     daemon.stop().await;
 }
 
@@ -422,23 +406,20 @@ async fn graceful_stop_leaves_no_claims_behind() {
 async fn latency_report() {
     let (url, db) = schema_db("latency").await;
     let daemon = start_daemon(&url).await;
-    let (listen, mut conn) = pgai_trigger::db::pg_config(&url, "latency listener")
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let mut ready = pgai_trigger::Notifications::listen(
+        &url,
+        "latency listener",
+        &[pgai_trigger::CHANNEL_READY],
+        DEADLINE,
+    )
+    .await
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(Ok(m)) = futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send((n.payload().to_string(), Instant::now()));
-            }
+        while let Ok(n) = ready.recv().await {
+            let _ = tx.send((n.payload, Instant::now()));
         }
     });
-    listen
-        .batch_execute("LISTEN embedding_ready")
-        .await
-        .unwrap();
     let insert = db
         .prepare("INSERT INTO m0_episodic (id, content) VALUES ($1, $2)")
         .await
@@ -468,8 +449,8 @@ async fn latency_report() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let c = pgai_trigger::monitor::percentiles(client_ms);
-    let d = pgai_trigger::monitor::percentiles(db_ms);
+    let c = pgai_trigger::percentiles(client_ms);
+    let d = pgai_trigger::percentiles(db_ms);
     println!("single inserts, 20/s, short texts, after 10 warm-up rows");
     println!("insert-commit -> embedding_ready received (client clock): {c:?}");
     println!("queued_at -> embedded_at (database clock):               {d:?}");
@@ -568,7 +549,7 @@ async fn per_statement_notifications_embed_bulk_loads() {
         &db,
         &Table::default(),
         pgai_embed::DIM,
-        schema::NotifyMode::PerStatement,
+        pgai_trigger::NotifyMode::PerStatement,
     )
     .await
     .unwrap();
@@ -578,8 +559,8 @@ async fn per_statement_notifications_embed_bulk_loads() {
     )
     .await
     .unwrap();
-    wait_drained(&db, "the bulk load to be embedded", DEADLINE * 2).await;
-    let notes = daemon.monitor.snapshot().notifications;
+    pgai_testkit::wait_drained(&db, DEADLINE * 2).await;
+    let notes = daemon.monitor().snapshot().notifications;
     assert!(notes <= 3, "one notification per statement, got {notes}");
     for id in ["bulk1", "bulk150", "bulk300"] {
         assert_vector_matches_content(&db, id).await;
@@ -601,7 +582,7 @@ async fn metrics_reflect_the_pipeline() {
     .unwrap();
     wait_embedded(&db, "x").await;
     let text = wait_for("the counter to show the row", DEADLINE, || async {
-        let t = daemon.monitor.render_prometheus();
+        let t = daemon.monitor().render_prometheus();
         t.contains("\npgai_rows_embedded_total 1\n").then_some(t)
     })
     .await;
@@ -627,7 +608,7 @@ async fn a_role_with_only_select_and_update_is_enough() {
     .unwrap();
     let app_url = url.replacen("postgres@", &format!("{role}@"), 1);
     assert_ne!(app_url, url);
-    let daemon = Daemon::start(Config::new(&app_url), model().await)
+    let daemon = Daemon::start(Config::new(&app_url), pgai_testkit::model().await)
         .await
         .expect("daemon as the app role");
     db.execute(

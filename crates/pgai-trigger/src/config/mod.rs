@@ -1,0 +1,199 @@
+//! Configuration: [`settings`] reads the YAML file and the environment (each variable once);
+//! [`Config`] is the daemon's validated configuration built from them; [`defaults`] is the one
+//! place every default value lives (the file's defaults, `Config::new` and the command line's
+//! help all read it). Secrets never reach `Debug` or logs.
+
+pub(crate) mod settings;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::queue::Table;
+
+/// Every default, in one place.
+pub mod defaults {
+    /// The table of the original design.
+    pub const TABLE: &str = crate::queue::DEFAULT_TABLE;
+    pub const IMMEDIATE_TRIGGER: bool = true;
+    pub const POLL_INTERVAL_MS: u64 = 1000;
+    pub const BATCH_SIZE: usize = 32;
+    pub const LEASE_SECS: u64 = 30;
+    pub const MAX_RETRIES: i32 = 3;
+    pub const RETRY_INTERVAL_SECS: f64 = 5.0;
+    pub const RETRY_CAP_SECS: u64 = 300;
+    pub const HTTP_ADDRESS: ([u8; 4], u16) = ([127, 0, 0, 1], 8760);
+    pub const OPENAI_TIMEOUT_SECS: f64 = 30.0;
+    pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
+}
+
+/// Everything the daemon needs, validated once at start-up.
+#[derive(Clone)]
+pub struct Config {
+    /// libpq-style URL or key=value string. Carries the password: printed only via [`redact_url`].
+    pub database_url: String,
+    /// The table the daemon keeps embedded.
+    pub table: Table,
+    /// LISTEN for `embedding_needed` (true) or poll only (false: PgBouncer transaction mode).
+    pub immediate_trigger: bool,
+    /// Fallback poll: a lost notification costs at most this long.
+    pub poll_interval: Duration,
+    /// Most rows one claim takes (one model batch).
+    pub batch_size: usize,
+    /// How long a claim is valid; a crashed holder's rows are taken over after it expires.
+    pub lease: Duration,
+    /// Attempts before a row is marked `failed` (the original design's `max_retries`).
+    pub max_retries: i32,
+    /// Base of the exponential retry backoff, in seconds (the original design's `retry_interval`).
+    pub retry_interval: Duration,
+    /// Upper bound of the retry backoff.
+    pub retry_cap: Duration,
+    /// Names this daemon in `claimed_by` and in `application_name`.
+    pub worker_id: String,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Config {
+        Config {
+            database_url: database_url.into(),
+            table: Table::default(),
+            immediate_trigger: defaults::IMMEDIATE_TRIGGER,
+            poll_interval: Duration::from_millis(defaults::POLL_INTERVAL_MS),
+            batch_size: defaults::BATCH_SIZE,
+            lease: Duration::from_secs(defaults::LEASE_SECS),
+            max_retries: defaults::MAX_RETRIES,
+            retry_interval: Duration::from_secs_f64(defaults::RETRY_INTERVAL_SECS),
+            retry_cap: Duration::from_secs(defaults::RETRY_CAP_SECS),
+            worker_id: default_worker_id(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.batch_size > 4096 {
+            return Err(Error::Config(format!(
+                "batch_size must be between 1 and 4096, got {}",
+                self.batch_size
+            )));
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            return Err(Error::Config("poll_interval must be at least 10 ms".into()));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(Error::Config("lease must be at least 1 s".into()));
+        }
+        if self.max_retries < 1 {
+            return Err(Error::Config("max_retries must be at least 1".into()));
+        }
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| {
+                Error::Config(format!(
+                    "database URL {}: {e}",
+                    redact_url(&self.database_url)
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("table", &self.table)
+            .field("immediate_trigger", &self.immediate_trigger)
+            .field("poll_interval", &self.poll_interval)
+            .field("batch_size", &self.batch_size)
+            .field("lease", &self.lease)
+            .field("max_retries", &self.max_retries)
+            .field("retry_interval", &self.retry_interval)
+            .field("worker_id", &self.worker_id)
+            .finish()
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return redact_query_password(url);
+    }
+    // key=value form
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn redact_query_password(url: &str) -> String {
+    match url.find("password=") {
+        Some(i) => {
+            let end = url[i..].find('&').map(|e| i + e).unwrap_or(url.len());
+            format!("{}password=***{}", &url[..i], &url[end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_every_form() {
+        assert_eq!(
+            redact_url("postgresql://app:s3cret@db:5432/x"),
+            "postgresql://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgresql://app@db/x"), "postgresql://app@db/x");
+        assert_eq!(
+            redact_url("postgres://db/x?user=a&password=s3cret&sslmode=disable"),
+            "postgres://db/x?user=a&password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("host=db password=s3cret user=a"),
+            "host=db password=*** user=a"
+        );
+        assert!(!format!("{:?}", Config::new("postgresql://a:s3cret@h/d")).contains("s3cret"));
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut c = Config::new("postgresql://a@h/d");
+        assert!(c.validate().is_ok());
+        c.batch_size = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
+        let c = Config::new("postgresql://a:pw@h:notaport/d");
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(!msg.contains("pw@"), "{msg}");
+    }
+}
