@@ -21,6 +21,7 @@
 //! - `provider`    — failing provider (8), panicking text, provider-wide backoff, `retry-failed`.
 //! - `proxy`       — silently dead (black-holed) connections, through a TCP proxy.
 //! - `load`        — 20,000-row burst with single inserts arriving (10).
+//! - `poison`      — rows of every hostile kind among normal rows: each costs only itself.
 
 #[path = "faults/support.rs"]
 mod support;
@@ -45,3 +46,6 @@ mod proxy;
 
 #[path = "faults/load.rs"]
 mod load;
+
+#[path = "faults/poison.rs"]
+mod poison;

@@ -31,6 +31,25 @@ impl Error {
             _ => false,
         }
     }
+
+    /// True when PostgreSQL refused a statement because of the rows it touched — a user's
+    /// trigger raised, a constraint failed, a value was refused (NaN in a vector, a NUL byte in
+    /// text) — rather than because the connection or the server failed. Such an error costs the
+    /// rows concerned an attempt; it is never handled as a lost connection.
+    pub fn is_row_level(&self) -> bool {
+        let Error::Db(e) = self else { return false };
+        let Some(db) = e.as_db_error() else {
+            return false;
+        };
+        // SQLSTATE classes: 09 triggered action, 22 data exception, 23 integrity constraint,
+        // 27 triggered data change, 2F/38/39 routine exceptions, 44 check option, P0 PL/pgSQL
+        // (RAISE). Connection (08), resources (53), operator intervention (57), rollback (40),
+        // privileges and schema (42) concern every row and stay connection-level.
+        matches!(
+            &db.code().code()[..2],
+            "09" | "22" | "23" | "27" | "2F" | "38" | "39" | "44" | "P0"
+        )
+    }
 }
 
 /// PostgreSQL's message (with detail and hint where given) on one line; never the connection

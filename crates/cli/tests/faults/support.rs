@@ -42,6 +42,12 @@ pub struct Hooks {
     pub fail_on: Mutex<Option<String>>,
     /// Any call with a text containing this panics (a row that crashes the model).
     pub panic_on: Mutex<Option<String>>,
+    /// Texts containing this get a vector of NaNs (a provider returning garbage).
+    pub nan_on: Mutex<Option<String>>,
+    /// Any call with a text containing this fails for good (HTTP 422 of a remote provider).
+    pub reject_on: Mutex<Option<String>>,
+    /// Any call with a text containing this fails with a message holding a NUL byte.
+    pub nul_error_on: Mutex<Option<String>>,
     gate: Mutex<Option<GateInner>>,
     /// Model calls seen, failed or not.
     pub calls: AtomicUsize,
@@ -161,7 +167,26 @@ impl Embedder for Faulty {
         if any_contains(texts, &h.fail_on.lock().unwrap()) {
             return fail("provider rejects this text");
         }
-        self.inner.embed(texts)
+        if any_contains(texts, &h.reject_on.lock().unwrap()) {
+            h.failed_calls.fetch_add(1, SeqCst);
+            return Err(EmbedError::Remote {
+                url: "http://provider.test/v1".into(),
+                status: Some(422),
+                message: "test hook: this input is not accepted".into(),
+            });
+        }
+        if any_contains(texts, &h.nul_error_on.lock().unwrap()) {
+            return fail("a message with a NUL \0 byte");
+        }
+        let mut vectors = self.inner.embed(texts)?;
+        if let Some(marker) = h.nan_on.lock().unwrap().as_deref() {
+            for (t, v) in texts.iter().zip(vectors.iter_mut()) {
+                if t.contains(marker) {
+                    v.iter_mut().for_each(|x| *x = f32::NAN);
+                }
+            }
+        }
+        Ok(vectors)
     }
 }
 

@@ -27,6 +27,9 @@ pub mod defaults {
     pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
 }
 
+/// Longest retry backoff (and retry interval) accepted.
+const MAX_RETRY_SECS: Duration = Duration::from_secs(86_400);
+
 /// Everything the daemon needs, validated once at start-up.
 #[derive(Clone)]
 pub struct Config {
@@ -69,21 +72,43 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.batch_size > 4096 {
-            return Err(Error::Config(format!(
+        let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(Error::Config(what)) };
+        check(
+            (1..=4096).contains(&self.batch_size),
+            format!(
                 "batch_size must be between 1 and 4096, got {}",
                 self.batch_size
-            )));
-        }
-        if self.poll_interval < Duration::from_millis(10) {
-            return Err(Error::Config("poll_interval must be at least 10 ms".into()));
-        }
-        if self.lease < Duration::from_secs(1) {
-            return Err(Error::Config("lease must be at least 1 s".into()));
-        }
-        if self.max_retries < 1 {
-            return Err(Error::Config("max_retries must be at least 1".into()));
-        }
+            ),
+        )?;
+        check(
+            (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.poll_interval),
+            format!(
+                "poll_interval must be between 10 ms and 1 h, got {} ms",
+                self.poll_interval.as_millis()
+            ),
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.lease),
+            format!(
+                "lease must be between 1 s and 1 day, got {} s",
+                self.lease.as_secs_f64()
+            ),
+        )?;
+        check(
+            (1..=1000).contains(&self.max_retries),
+            format!(
+                "max_retries must be between 1 and 1000, got {}",
+                self.max_retries
+            ),
+        )?;
+        check(
+            self.retry_interval <= MAX_RETRY_SECS && self.retry_cap <= MAX_RETRY_SECS,
+            format!(
+                "retry_interval and the retry cap must be at most 1 day, got {} s and {} s",
+                self.retry_interval.as_secs_f64(),
+                self.retry_cap.as_secs_f64()
+            ),
+        )?;
         self.database_url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| {

@@ -357,9 +357,10 @@ impl Settings {
         c.batch_size = p.batch_size;
         c.lease = Duration::from_secs(p.lease_secs);
         c.max_retries = p.max_retries;
-        if !(p.retry_interval.is_finite() && p.retry_interval >= 0.0) {
+        // Checked before the conversion: Duration::from_secs_f64 panics past its range.
+        if !(p.retry_interval.is_finite() && (0.0..=86_400.0).contains(&p.retry_interval)) {
             return Err(Error::Config(format!(
-                "database.pgai.retry_interval must be a number of seconds ≥ 0, got {}",
+                "database.pgai.retry_interval must be a number of seconds between 0 and 86400, got {}",
                 p.retry_interval
             )));
         }
@@ -430,10 +431,12 @@ impl Settings {
         let url = e.url.clone().ok_or_else(|| {
             Error::Config("embedding.url (PGAI_OPENAI_URL) is required with provider openai".into())
         })?;
-        if !(e.timeout_secs.is_finite() && e.timeout_secs > 0.0) {
-            return Err(Error::Config(
-                "embedding.timeout_secs must be a number of seconds > 0".into(),
-            ));
+        // Checked before the conversion: Duration::from_secs_f64 panics past its range.
+        if !(e.timeout_secs.is_finite() && e.timeout_secs > 0.0 && e.timeout_secs <= 3600.0) {
+            return Err(Error::Config(format!(
+                "embedding.timeout_secs must be a number of seconds above 0 and at most 3600, got {}",
+                e.timeout_secs
+            )));
         }
         Ok(pgai_embed::OpenAiConfig {
             url,
@@ -558,5 +561,30 @@ mod tests {
         assert_eq!(e.to_string(), "invalid configuration: PGAI_MAX_RETRIES: expected a value of type integer, got \"lots\"");
         let e = Settings::default().daemon_config().unwrap_err().to_string();
         assert!(e.contains("DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_one_line_errors_not_panics() {
+        let base = "database:\n  url: postgresql://a@h/d\n  pgai:\n";
+        for (key, value, named) in [
+            ("retry_interval", "1e300", "retry_interval"),
+            ("retry_interval", "-1", "retry_interval"),
+            ("max_retries", "0", "max_retries"),
+            ("max_retries", "100000", "max_retries"),
+            ("lease_secs", "0", "lease"),
+            ("lease_secs", "18446744073709551615", "lease"),
+            ("poll_interval_ms", "1", "poll_interval"),
+            ("poll_interval_ms", "18446744073709551615", "poll_interval"),
+            ("batch_size", "0", "batch_size"),
+        ] {
+            let s = Settings::from_yaml(&format!("{base}    {key}: {value}\n")).unwrap();
+            let e = s.daemon_config().unwrap_err().to_string();
+            assert!(e.contains(named) && !e.contains('\n'), "{key}={value}: {e}");
+        }
+        let mut s = Settings::default();
+        s.embedding.url = Some("http://localhost:1/v1".into());
+        s.embedding.timeout_secs = 1e300;
+        let e = s.openai_config().unwrap_err().to_string();
+        assert!(e.contains("timeout_secs"), "{e}");
     }
 }

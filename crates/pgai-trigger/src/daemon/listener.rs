@@ -101,6 +101,11 @@ impl Wake {
         *self.health.borrow()
     }
 
+    /// The listener stopped (a panic): the worker polls faster, readiness turns false.
+    pub fn listener_down(&self, monitor: &Monitor) {
+        self.set_health(ListenerHealth::Down, monitor);
+    }
+
     fn set_health(&self, h: ListenerHealth, monitor: &Monitor) {
         self.health.send_replace(h);
         monitor.listener_health(h);

@@ -51,12 +51,21 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         if config.immediate_trigger {
-            tasks.push(tokio::spawn(listener::run(
+            let (url, app) = (
                 config.database_url.clone(),
                 format!("pgai-trigger {} listener", config.worker_id),
-                wake.clone(),
+            );
+            let (w, m, stop) = (wake.clone(), monitor.clone(), shutdown.clone());
+            let down = {
+                let (w, m) = (wake.clone(), monitor.clone());
+                move || w.listener_down(&m)
+            };
+            tasks.push(tokio::spawn(supervise(
+                "listener",
                 monitor.clone(),
                 shutdown.clone(),
+                down,
+                move || listener::run(url.clone(), app.clone(), w.clone(), m.clone(), stop.clone()),
             )));
         }
         let worker = Worker {
@@ -65,7 +74,15 @@ impl Daemon {
             wake,
             monitor: monitor.clone(),
         };
-        tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        let stop = shutdown.clone();
+        let m = monitor.clone();
+        tasks.push(tokio::spawn(supervise(
+            "worker",
+            monitor.clone(),
+            shutdown.clone(),
+            move || m.worker_connected(false),
+            move || worker.clone().run(stop.clone()),
+        )));
         tracing::info!(
             worker = %config.worker_id,
             table = config.table.name(),
@@ -101,6 +118,9 @@ impl Daemon {
     }
 
     /// Runs until `signal` resolves, then stops.
+    ///
+    /// (The listener and the worker run under [`supervise`]: a panic in either is logged,
+    /// turns readiness false at once and restarts the task; it never stalls silently.)
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
         let token = self.shutdown.clone();
         tokio::select! {
@@ -108,5 +128,99 @@ impl Daemon {
             _ = token.cancelled() => {}
         }
         self.stop().await;
+    }
+}
+
+/// Runs the task `start` makes until it returns (shutdown). A panic is caught and logged,
+/// counted (`pgai_task_panics_total`), `on_panic` marks the component down at once (so
+/// `/readyz` turns 503), and the task is started again after a backoff that grows while the
+/// panics repeat and resets once a run lasted a minute.
+pub(crate) async fn supervise<S, F, P>(
+    name: &'static str,
+    monitor: Arc<Monitor>,
+    shutdown: CancellationToken,
+    on_panic: P,
+    mut start: S,
+) where
+    S: FnMut() -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+    P: Fn(),
+{
+    let mut backoff = backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        let started = std::time::Instant::now();
+        match tokio::spawn(start()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                on_panic();
+                monitor.task_panicked(name, &message);
+                tracing::error!(task = name, panic = %message, "a daemon task panicked; restarting it");
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    backoff.reset();
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(task = name, error = %e, "a daemon task was cancelled");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    #[tokio::test]
+    async fn a_panicking_task_is_marked_down_counted_and_restarted() {
+        let monitor = Arc::new(Monitor::default());
+        monitor.worker_connected(true);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let m = monitor.clone();
+        let marked_down = Arc::new(AtomicUsize::new(0));
+        let d = marked_down.clone();
+        supervise(
+            "worker",
+            monitor.clone(),
+            CancellationToken::new(),
+            move || {
+                d.fetch_add(1, SeqCst);
+                m.worker_connected(false);
+            },
+            move || {
+                let r = r.clone();
+                async move {
+                    if r.fetch_add(1, SeqCst) < 2 {
+                        panic!("boom");
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            runs.load(SeqCst),
+            3,
+            "restarted after each panic, then ended normally"
+        );
+        assert_eq!(marked_down.load(SeqCst), 2);
+        let s = monitor.snapshot();
+        assert_eq!(s.task_panics, 2);
+        assert!(!s.worker_connected);
+        assert!(s.last_error.unwrap().contains("worker panicked: boom"));
     }
 }

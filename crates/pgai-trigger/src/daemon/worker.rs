@@ -8,8 +8,16 @@
 //!
 //! The daemon's own sessions run with `synchronous_commit = off`: losing a claim or a vector
 //! write in a server crash only leaves the row pending, and it is embedded again.
+//!
+//! One row never stops the pipeline. An error PostgreSQL raises because of a row (a user's
+//! trigger or constraint refuses the write, a value it will not store) costs only that row an
+//! attempt: the batch is written again row by row, the refused row gets a failed attempt with
+//! the reason in `last_error`, the others their vectors. A row no UPDATE can touch at all (so
+//! not even its failure can be recorded) is left out of this daemon's claims for
+//! [`QUARANTINE`] and reported (`pgai_rows_unwritable`, the log). Only a real connection
+//! failure reconnects.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +33,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::monitor::{ListenerHealth, LogLimiter, Monitor};
 use crate::pg::within;
-use crate::queue::{Claim, Claimer, Leases, QueueCounts, RetryPolicy, Writer};
+use crate::queue::{Claim, ClaimedRow, Claimer, Leases, QueueCounts, RetryPolicy, Writer};
 
 /// Batches claimed but not yet written: one being embedded, one being written.
 pub const BATCHES_IN_FLIGHT: usize = 2;
@@ -36,12 +44,42 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const CANARY: &str = "pgai-trigger provider check";
 /// Poll interval while the listener is down or degraded (the fallback must then carry pickup).
 const DEGRADED_POLL: Duration = Duration::from_millis(250);
+/// How long a row that cannot be updated at all is left out of this daemon's claims.
+pub const QUARANTINE: Duration = Duration::from_secs(600);
+/// Longest error text kept on a row.
+const MAX_ERROR_CHARS: usize = 1000;
 
 /// A claimed batch whose vectors are being computed.
 struct InFlight {
+    /// The rows with a text, in the order of the vectors.
     claim: Claim,
+    /// Rows of the same claim whose content is NULL: nothing to embed, they fail at once.
+    no_content: Vec<ClaimedRow>,
     vectors: oneshot::Receiver<EmbedResult>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Why a row failed, as recorded on it.
+struct RowFailure {
+    message: String,
+    /// Retrying cannot help (the provider refused the text for good): the row fails now.
+    permanent: bool,
+}
+
+impl RowFailure {
+    fn new(message: impl std::fmt::Display, permanent: bool) -> RowFailure {
+        // One line, bounded, and storable: PostgreSQL text cannot hold a NUL byte.
+        let message: String = crate::error::one_line(&message.to_string())
+            .replace('\0', "\\0")
+            .chars()
+            .take(MAX_ERROR_CHARS)
+            .collect();
+        RowFailure { message, permanent }
+    }
+
+    fn embedding(e: &pgai_embed::EmbedError) -> RowFailure {
+        RowFailure::new(e, e.is_permanent())
+    }
 }
 
 /// Everything the worker shares with the rest of the daemon.
@@ -49,21 +87,35 @@ struct InFlight {
 pub struct Worker {
     pub config: Arc<Config>,
     pub embed: EmbedService,
-    /// Signalled by the listener on each notification (and once after each LISTEN).
+    /// Signalled by the listener on each notification (and once after each LISTEN); carries
+    /// the listener's health.
     pub wake: Arc<Wake>,
     pub monitor: Arc<Monitor>,
 }
 
-/// State shared by the claim and write loops of one connection pair.
+/// State shared by the claim and write loops, kept across reconnects.
 struct Shared {
     breaker: Mutex<Breaker>,
     /// Tokens of batches claimed and not yet written or given back: their leases are renewed.
     active: Mutex<HashSet<String>>,
+    /// Rows no UPDATE can touch, and until when they are left out of claims.
+    quarantine: Mutex<HashMap<String, Instant>>,
 }
 
 impl Shared {
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ids still quarantined at `now` (expired entries are dropped).
+    fn quarantined(&self, now: Instant) -> Vec<String> {
+        let mut q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        q.retain(|_, until| *until > now);
+        q.keys().cloned().collect()
     }
 }
 
@@ -72,6 +124,23 @@ impl Worker {
     fn provider_ok(&self, shared: &Shared) {
         shared.breaker().on_success();
         self.monitor.provider_paused(false);
+    }
+
+    /// Leaves a row that PostgreSQL will not let us update out of our claims for a while.
+    fn quarantine(&self, shared: &Shared, id: &str, error: &str) {
+        let mut q = shared.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        q.insert(id.to_string(), Instant::now() + QUARANTINE);
+        self.monitor.rows_unwritable(q.len());
+        drop(q);
+        self.monitor
+            .record_error(format!("row {id:?} cannot be updated: {error}"));
+        tracing::error!(
+            row = id,
+            error = %error,
+            skip_secs = QUARANTINE.as_secs(),
+            "PostgreSQL refuses every update of this row (a trigger or constraint of the table?); \
+             it stays pending and is skipped meanwhile"
+        );
     }
 
     /// Runs until `shutdown`, reconnecting with backoff. On shutdown, batches already claimed
@@ -85,6 +154,7 @@ impl Worker {
                 Duration::from_secs(60),
             )),
             active: Mutex::new(HashSet::new()),
+            quarantine: Mutex::new(HashMap::new()),
         };
         let mut connected_before = false;
         loop {
@@ -141,22 +211,21 @@ impl Worker {
         .await?;
         // Batches this daemon claimed on a connection it has since lost are abandoned: give them
         // back now rather than after their lease.
-        let released = within(
+        match within(
             "release",
             db.leases.release_owner(db.client, &cfg.worker_id),
         )
-        .await?;
-        shared
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        if released > 0 {
-            tracing::info!(
-                rows = released,
-                "released claims abandoned by a lost connection"
-            );
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "released claims abandoned by a lost connection"),
+            // A row of ours refuses the update: its lease expires instead.
+            Err(e) if e.is_row_level() => {
+                tracing::warn!(error = %e, "could not release abandoned claims; their leases will expire")
+            }
+            Err(e) => return Err(e),
         }
+        shared.active().clear();
         self.monitor.worker_connected(true);
         if *connected_before {
             self.monitor.reconnected();
@@ -173,9 +242,21 @@ impl Worker {
             writes_done.cancel();
             r
         };
+        let work = async {
+            let (c, w) = tokio::join!(claims, writes);
+            c.and(w)
+        };
         let upkeep = self.upkeep(&db, shared, &writes_done);
-        let (c, w, u) = tokio::join!(claims, writes, upkeep);
-        c.and(w).and(u)
+        tokio::pin!(work, upkeep);
+        // Lease renewal must never stop quietly while claims go on: an upkeep failure ends the
+        // connection's work at once (abandoned claims are released on reconnect).
+        tokio::select! {
+            r = &mut work => r.and(upkeep.await),
+            r = &mut upkeep => match r {
+                Ok(()) => work.await,
+                Err(e) => Err(e),
+            },
+        }
     }
 
     async fn claim_loop(
@@ -204,11 +285,15 @@ impl Worker {
             };
             let limit = shared.breaker().claim_limit(cfg.batch_size);
             let hinted = self.wake.hints.take_newest(limit);
-            let claim = within(
+            claimer.set_excluded(shared.quarantined(Instant::now()));
+            let mut claim = within(
                 "claim",
                 claimer.claim(db, &hinted, limit, lease, cfg.max_retries),
             )
             .await?;
+            for (id, error) in std::mem::take(&mut claim.refused) {
+                self.quarantine(shared, &id, &error);
+            }
             if claim.rows.is_empty() {
                 drop(permit);
                 let poll =
@@ -224,16 +309,26 @@ impl Worker {
                 }
                 continue;
             }
-            shared
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(claim.token.clone());
-            let texts = claim.rows.iter().map(|r| r.content.clone()).collect();
-            let vectors = self.embed.submit(texts).await;
+            shared.active().insert(claim.token.clone());
+            let (with_text, no_content): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+                claim.rows.drain(..).partition(|r| r.content.is_some());
+            claim.rows = with_text;
+            let texts: Vec<String> = claim
+                .rows
+                .iter()
+                .filter_map(|r| r.content.clone())
+                .collect();
+            let vectors = if texts.is_empty() {
+                let (reply, rx) = oneshot::channel();
+                let _ = reply.send(Ok((Vec::new(), Duration::ZERO)));
+                rx
+            } else {
+                self.embed.submit(texts).await
+            };
             if tx
                 .send(InFlight {
                     claim,
+                    no_content,
                     vectors,
                     _permit: permit,
                 })
@@ -254,75 +349,169 @@ impl Worker {
         shared: &Shared,
     ) -> Result<()> {
         while let Some(batch) = rx.recv().await {
+            let claim = &batch.claim;
+            for row in &batch.no_content {
+                let failure =
+                    RowFailure::new("the row's content is NULL: there is no text to embed", true);
+                self.record_failure(
+                    db,
+                    &claim.with_rows(vec![row.clone()]),
+                    &row.id,
+                    &failure,
+                    shared,
+                )
+                .await?;
+            }
             let result = batch.vectors.await.unwrap_or_else(|_| {
                 Err(pgai_embed::EmbedError::Inference(
                     "the model thread dropped the batch".into(),
                 ))
             });
-            let claim = &batch.claim;
             match result {
+                _ if claim.rows.is_empty() => {}
                 Ok((vectors, _took)) => {
-                    self.write(db, claim, vectors).await?;
+                    self.write_checked(db, claim, vectors, shared).await?;
                     self.provider_ok(shared);
                 }
                 Err(e) if claim.rows.len() > 1 => {
                     // One bad row must not cost the others an attempt: embed them one by one.
                     tracing::debug!(error = %e, "batch failed; retrying its rows one by one");
-                    self.write_one_by_one(db, claim, shared).await?;
+                    self.embed_one_by_one(db, claim, shared).await?;
                 }
                 Err(e) => {
-                    self.failed(db, claim, &claim.rows[0].id, &e.to_string(), shared)
-                        .await?;
+                    self.failed(
+                        db,
+                        claim,
+                        &claim.rows[0].id,
+                        RowFailure::embedding(&e),
+                        shared,
+                    )
+                    .await?;
                 }
             }
-            shared
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&claim.token);
+            shared.active().remove(&claim.token);
         }
         Ok(())
     }
 
-    async fn write(&self, db: &WriteSide<'_>, claim: &Claim, vectors: Vec<Vec<f32>>) -> Result<()> {
-        let written = within(
+    /// Writes the vectors of `claim`'s rows, after failing the rows whose vector has NaN or
+    /// infinite values (PostgreSQL would refuse them; the provider is at fault, for that row).
+    async fn write_checked(
+        &self,
+        db: &WriteSide<'_>,
+        claim: &Claim,
+        vectors: Vec<Vec<f32>>,
+        shared: &Shared,
+    ) -> Result<()> {
+        if vectors.iter().all(|v| v.iter().all(|x| x.is_finite())) {
+            return self.write(db, claim, vectors, shared).await;
+        }
+        let mut good = claim.with_rows(Vec::new());
+        let mut good_vectors = Vec::new();
+        for (row, v) in claim.rows.iter().zip(vectors) {
+            if v.iter().all(|x| x.is_finite()) {
+                good.rows.push(row.clone());
+                good_vectors.push(v);
+            } else {
+                let failure = RowFailure::new(
+                    "the embedding provider returned a vector with NaN or infinite values",
+                    false,
+                );
+                self.record_failure(
+                    db,
+                    &claim.with_rows(vec![row.clone()]),
+                    &row.id,
+                    &failure,
+                    shared,
+                )
+                .await?;
+            }
+        }
+        if good.rows.is_empty() {
+            return Ok(());
+        }
+        self.write(db, &good, good_vectors, shared).await
+    }
+
+    /// The guarded write of a batch. When PostgreSQL refuses it because of a row, each row is
+    /// written alone and the refused ones get a failed attempt.
+    async fn write(
+        &self,
+        db: &WriteSide<'_>,
+        claim: &Claim,
+        vectors: Vec<Vec<f32>>,
+        shared: &Shared,
+    ) -> Result<()> {
+        let alone = claim.rows.len() == 1;
+        let retry = if alone { Vec::new() } else { vectors.clone() };
+        let e = match within(
             "vector write",
             db.writer.complete(db.client, claim, vectors),
         )
-        .await?;
-        self.monitor
-            .batch_written(claim.rows.len(), written.iter().map(|w| w.latency_secs));
+        .await
+        {
+            Ok(written) => {
+                self.monitor
+                    .batch_written(claim.rows.len(), written.iter().map(|w| w.latency_secs));
+                return Ok(());
+            }
+            Err(e) if e.is_row_level() => e,
+            Err(e) => return Err(e),
+        };
+        if alone {
+            let failure = RowFailure::new(format!("writing the vector was refused: {e}"), false);
+            return self
+                .record_failure(db, claim, &claim.rows[0].id, &failure, shared)
+                .await;
+        }
+        tracing::debug!(error = %e, "a batch write was refused; writing its rows one by one");
+        for (row, v) in claim.rows.iter().zip(retry) {
+            let part = claim.with_rows(vec![row.clone()]);
+            match within(
+                "vector write",
+                db.writer.complete(db.client, &part, vec![v]),
+            )
+            .await
+            {
+                Ok(written) => self
+                    .monitor
+                    .batch_written(1, written.iter().map(|w| w.latency_secs)),
+                Err(e) if e.is_row_level() => {
+                    let failure =
+                        RowFailure::new(format!("writing the vector was refused: {e}"), false);
+                    self.record_failure(db, &part, &row.id, &failure, shared)
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
-    async fn write_one_by_one(
+    async fn embed_one_by_one(
         &self,
         db: &WriteSide<'_>,
         claim: &Claim,
         shared: &Shared,
     ) -> Result<()> {
         for (i, row) in claim.rows.iter().enumerate() {
-            let part = Claim {
-                token: claim.token.clone(),
-                rows: vec![row.clone()],
-            };
-            match self.embed.embed(vec![row.content.clone()]).await {
+            let part = claim.with_rows(vec![row.clone()]);
+            let text = row.content.clone().unwrap_or_default();
+            match self.embed.embed(vec![text]).await {
                 Ok(v) => {
-                    self.write(db, &part, v).await?;
+                    self.write_checked(db, &part, v, shared).await?;
                     self.provider_ok(shared);
                 }
                 Err(e) => {
                     if self
-                        .failed(db, &part, &row.id, &e.to_string(), shared)
+                        .failed(db, &part, &row.id, RowFailure::embedding(&e), shared)
                         .await?
                     {
                         // The provider is down: give the rest back untouched.
                         let rest: Vec<&str> =
                             claim.rows[i + 1..].iter().map(|r| r.id.as_str()).collect();
                         if !rest.is_empty() {
-                            let n = within("release", db.leases.release(db.client, claim, &rest))
-                                .await?;
-                            self.monitor.rows_released(n);
+                            self.release(db, claim, &rest).await?;
                         }
                         break;
                     }
@@ -332,19 +521,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Records a row's failure: an attempt on the row, or, when the provider looks down, the
-    /// row given back and the pipeline paused. Returns true in the second case.
+    /// An embedding failed for a row: an attempt on the row, or, when the provider looks down,
+    /// the row given back and the pipeline paused. Returns true in the second case.
     async fn failed(
         &self,
         db: &WriteSide<'_>,
         claim: &Claim,
         id: &str,
-        error: &str,
+        failure: RowFailure,
         shared: &Shared,
     ) -> Result<bool> {
-        let cfg = &self.config;
-        let error: String = error.replace('\n', " ").chars().take(1000).collect();
-        self.monitor.record_error(error.clone());
         let mut verdict = shared.breaker().on_failure(id, Instant::now());
         if matches!(verdict, Verdict::ProviderDown(_))
             && self.embed.embed(vec![CANARY.to_string()]).await.is_ok()
@@ -355,37 +541,77 @@ impl Worker {
         }
         match verdict {
             Verdict::CountAttempt => {
-                tracing::warn!(row = id, error = %error, "embedding failed; the row will be retried with backoff");
-                let n = within(
-                    "failure record",
-                    db.writer.fail(
-                        db.client,
-                        claim,
-                        &[id],
-                        &error,
-                        &RetryPolicy {
-                            max_retries: cfg.max_retries,
-                            base: cfg.retry_interval,
-                            cap: cfg.retry_cap,
-                        },
-                    ),
-                )
-                .await?;
-                self.monitor.attempts_failed(n);
+                self.record_failure(db, claim, id, &failure, shared).await?;
                 Ok(false)
             }
             Verdict::ProviderDown(pause) => {
+                self.monitor.record_error(failure.message.clone());
                 tracing::warn!(
-                    error = %error,
+                    error = %failure.message,
                     pause_ms = pause.as_millis() as u64,
                     "embedding fails across rows: pausing the pipeline, rows keep their attempts"
                 );
                 self.monitor.provider_paused(true);
-                let n = within("release", db.leases.release(db.client, claim, &[id])).await?;
-                self.monitor.rows_released(n);
+                self.release(db, claim, &[id]).await?;
                 Ok(true)
             }
         }
+    }
+
+    /// Records a failed attempt on row `id` (or its final failure). When PostgreSQL refuses
+    /// even that update, the row is quarantined instead.
+    async fn record_failure(
+        &self,
+        db: &WriteSide<'_>,
+        claim: &Claim,
+        id: &str,
+        failure: &RowFailure,
+        shared: &Shared,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        self.monitor.record_error(failure.message.clone());
+        tracing::warn!(
+            row = id,
+            error = %failure.message,
+            permanent = failure.permanent,
+            "embedding failed; the row will be retried with backoff unless out of attempts"
+        );
+        let retry = RetryPolicy {
+            max_retries: cfg.max_retries,
+            base: cfg.retry_interval,
+            cap: cfg.retry_cap,
+        };
+        let recorded = within(
+            "failure record",
+            db.writer.fail(
+                db.client,
+                claim,
+                &[id],
+                &failure.message,
+                &retry,
+                failure.permanent,
+            ),
+        )
+        .await;
+        match recorded {
+            Ok(n) => self.monitor.attempts_failed(n),
+            Err(e) if e.is_row_level() => self.quarantine(shared, id, &e.to_string()),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Gives rows of a claim back without an attempt.
+    async fn release(&self, db: &WriteSide<'_>, claim: &Claim, ids: &[&str]) -> Result<()> {
+        match within("release", db.leases.release(db.client, claim, ids)).await {
+            Ok(n) => self.monitor.rows_released(n),
+            // A row refuses the update: its lease expires instead.
+            Err(e) if e.is_row_level() => {
+                tracing::warn!(error = %e, "could not give rows back; their leases will expire")
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Renews the leases of batches in flight and samples the queue gauges, until the write
@@ -406,11 +632,15 @@ impl Worker {
             tokio::select! {
                 _ = done.cancelled() => return Ok(()),
                 _ = renew_tick.tick() => {
-                    let tokens: Vec<String> =
-                        shared.active.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+                    let tokens: Vec<String> = shared.active().iter().cloned().collect();
                     if !tokens.is_empty() {
-                        let n = within("lease renewal", db.leases.renew(db.client, &tokens, cfg.lease.as_secs_f64())).await?;
-                        self.monitor.leases_renewed(n);
+                        match within("lease renewal", db.leases.renew(db.client, &tokens, cfg.lease.as_secs_f64())).await {
+                            Ok(n) => self.monitor.leases_renewed(n),
+                            // A row refuses the update (a trigger of the user's): the others'
+                            // leases must still be renewed, so renew them one claim at a time.
+                            Err(e) if e.is_row_level() => self.renew_each(db, &tokens).await?,
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 _ = sample_tick.tick() => {
@@ -426,6 +656,37 @@ impl Worker {
                     self.monitor.queue_sampled(&counts, usage);
                 }
             }
+        }
+    }
+
+    async fn renew_each(&self, db: &WriteSide<'_>, tokens: &[String]) -> Result<()> {
+        for token in tokens {
+            let one = std::slice::from_ref(token);
+            match within(
+                "lease renewal",
+                db.leases
+                    .renew(db.client, one, self.config.lease.as_secs_f64()),
+            )
+            .await
+            {
+                Ok(n) => self.monitor.leases_renewed(n),
+                Err(e) if e.is_row_level() => {
+                    tracing::warn!(error = %e, "a lease could not be renewed; it will expire")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Claim {
+    /// The same claim (token) over other rows.
+    fn with_rows(&self, rows: Vec<ClaimedRow>) -> Claim {
+        Claim {
+            token: self.token.clone(),
+            rows,
+            refused: Vec::new(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Monitor {
     listener_degraded: AtomicBool,
     worker_connected: AtomicBool,
     lost_probes: AtomicU64,
+    panics: AtomicU64,
+    unwritable: AtomicU64,
     provider_paused: AtomicBool,
     released: AtomicU64,
     renewals: AtomicU64,
@@ -74,6 +76,8 @@ impl Default for Monitor {
             listener_degraded: AtomicBool::new(false),
             worker_connected: AtomicBool::new(false),
             lost_probes: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            unwritable: AtomicU64::new(0),
             provider_paused: AtomicBool::new(false),
             released: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
@@ -113,6 +117,10 @@ pub struct Stats {
     /// Lease extensions of long batches.
     pub renewals: u64,
     pub lost_probes: u64,
+    /// Panics of the daemon's tasks (each restarted).
+    pub task_panics: u64,
+    /// Rows skipped because PostgreSQL refuses every update of them.
+    pub rows_unwritable: u64,
     /// Sampled from the database: rows needing an embedding (not failed), the oldest one's
     /// age, rows marked failed, and the server's notification queue usage (0..1).
     pub queue_depth: u64,
@@ -135,12 +143,14 @@ pub struct Percentiles {
 impl Monitor {
     /// A batch was written: `rows` claimed, `latencies` (seconds, commit → write) of the rows
     /// actually written; the others were superseded.
-    pub fn batch_written(&self, rows: usize, latencies: impl IntoIterator<Item = f64>) {
+    /// A row without `queued_at` has no latency (`None`): it counts as written, unmeasured.
+    pub fn batch_written(&self, rows: usize, latencies: impl IntoIterator<Item = Option<f64>>) {
         self.batches.fetch_add(1, Relaxed);
         self.batch_hist.observe(rows as f64);
         let mut written = 0;
         for secs in latencies {
             written += 1;
+            let Some(secs) = secs else { continue };
             self.latency_hist.observe(secs);
             let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
             if l.len() == WINDOW {
@@ -156,6 +166,17 @@ impl Monitor {
     /// Failed attempts were recorded on `rows` rows.
     pub fn attempts_failed(&self, rows: u64) {
         self.failed_attempts.fetch_add(rows, Relaxed);
+    }
+
+    /// Rows this daemon skips because PostgreSQL refuses every update of them.
+    pub fn rows_unwritable(&self, rows: usize) {
+        self.unwritable.store(rows as u64, Relaxed);
+    }
+
+    /// A task of the daemon panicked (it is restarted).
+    pub fn task_panicked(&self, task: &str, message: &str) {
+        self.panics.fetch_add(1, Relaxed);
+        self.record_error(format!("{task} panicked: {message}"));
     }
 
     /// `rows` rows were given back without an attempt.
@@ -241,6 +262,8 @@ impl Monitor {
             released: self.released.load(Relaxed),
             renewals: self.renewals.load(Relaxed),
             lost_probes: self.lost_probes.load(Relaxed),
+            task_panics: self.panics.load(Relaxed),
+            rows_unwritable: self.unwritable.load(Relaxed),
             queue_depth: self.queue_depth.load(Relaxed),
             oldest_pending_secs: self.oldest_pending_ms.load(Relaxed) as f64 / 1000.0,
             failed_rows: self.failed_rows.load(Relaxed),
@@ -328,7 +351,7 @@ mod tests {
     #[test]
     fn prometheus_text_has_cumulative_buckets() {
         let m = Monitor::default();
-        m.batch_written(3, [0.004, 0.02, 1000.0]);
+        m.batch_written(3, [Some(0.004), Some(0.02), Some(1000.0)]);
         let text = m.render_prometheus();
         assert!(
             text.contains("pgai_embedding_latency_seconds_bucket{le=\"0.005\"} 1\n"),

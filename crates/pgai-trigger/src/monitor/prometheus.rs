@@ -64,6 +64,18 @@ impl Monitor {
             s.lost_probes as f64,
         );
         metric(
+            "pgai_task_panics_total",
+            "counter",
+            "Panics of the daemon's tasks (listener, worker); each is restarted.",
+            s.task_panics as f64,
+        );
+        metric(
+            "pgai_rows_unwritable",
+            "gauge",
+            "Rows skipped for a while because PostgreSQL refuses every update of them.",
+            s.rows_unwritable as f64,
+        );
+        metric(
             "pgai_listener_connected",
             "gauge",
             "1 while the LISTEN connection is up.",

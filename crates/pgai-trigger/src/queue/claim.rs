@@ -10,6 +10,12 @@
 //!
 //! Two ways to pick: the ids the notifications named (newest first, so a fresh insert is not
 //! stuck behind a backlog of thousands), then the oldest due rows.
+//!
+//! One row must not stop the claims of all: when PostgreSQL refuses a claim because of a row
+//! (a user's trigger or constraint rejects the UPDATE), the rows are claimed one by one and the
+//! rows refused are handed back to the caller, which leaves them out of its next claims.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_postgres::{Client, Statement};
 
@@ -20,7 +26,8 @@ use crate::queue::{RowState, Table};
 #[derive(Debug, Clone)]
 pub struct ClaimedRow {
     pub id: String,
-    pub content: String,
+    /// `None` when the row's content is NULL (it cannot be embedded; the worker fails it).
+    pub content: Option<String>,
     /// The content version at claim time; the write-back is void if the row has moved on.
     pub version: i64,
 }
@@ -30,30 +37,44 @@ pub struct ClaimedRow {
 pub struct Claim {
     pub token: String,
     pub rows: Vec<ClaimedRow>,
+    /// Rows PostgreSQL refused to claim (id, its error on one line): a trigger or constraint of
+    /// the table rejects any update of them, so nothing can be recorded on them either.
+    pub refused: Vec<(String, String)>,
 }
 
 /// The prepared claim statements of one connection.
 pub struct Claimer {
     by_id: Statement,
     oldest: Statement,
+    hinted_candidates: Statement,
+    oldest_candidates: Statement,
     owner: String,
-    seq: u64,
+    /// Ids left out of every claim (rows that cannot be claimed; see [`Claim::refused`]).
+    excluded: Vec<String>,
 }
+
+/// Claim tokens are `owner:N` with N unique in the process, so a token is never reused across
+/// reconnects (a stale holder's write-back can never match a newer claim).
+static CLAIM_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Error kept on a row whose claim expired before its holder finished.
 pub const LEASE_EXPIRED_ERROR: &str =
     "the worker holding this row stopped or hung before finishing (claim lease expired)";
 
-/// The claim statement; `pick` selects candidate ids (`$1` limit, `$5` hinted ids).
+/// The claim statement; `pick` selects candidate ids (`$1` limit, `$5` hinted ids, `$6` ids to
+/// leave out).
 fn claim_sql(t: &str, pick: &str) -> String {
-    // In SET and WHERE, r.* are the row's values before this UPDATE.
+    // In SET and WHERE, r.* are the row's values before this UPDATE. A NULL retry_count counts
+    // as 0 (rows inserted with explicit NULLs, or from an older schema).
     let expired = "r.claimed_by IS NOT NULL";
-    let exhausted = format!("({expired} AND r.retry_count + 1 >= $4::int4)");
+    let attempts = "coalesce(r.retry_count, 0)";
+    let exhausted = format!("({expired} AND {attempts} + 1 >= $4::int4)");
     let due = RowState::due_predicate();
     format!(
         "WITH picked AS (
             SELECT id FROM {t}
              WHERE {due}
+               AND NOT (id = ANY($6::text[]))
                {pick}
              FOR UPDATE SKIP LOCKED
          ), taken AS (
@@ -62,9 +83,10 @@ fn claim_sql(t: &str, pick: &str) -> String {
                    claim_expires_at = CASE WHEN {exhausted} THEN NULL
                                            ELSE clock_timestamp() + make_interval(secs => $3) END,
                    retry_status     = CASE WHEN {exhausted} THEN 'failed' ELSE 'processing' END,
-                   retry_count      = r.retry_count + CASE WHEN {expired} THEN 1 ELSE 0 END,
+                   retry_count      = {attempts} + CASE WHEN {expired} THEN 1 ELSE 0 END,
                    last_retry_at    = CASE WHEN {expired} THEN now() ELSE r.last_retry_at END,
-                   last_error       = CASE WHEN {expired} THEN '{LEASE_EXPIRED_ERROR}' ELSE r.last_error END
+                   last_error       = CASE WHEN {expired} THEN '{LEASE_EXPIRED_ERROR}' ELSE r.last_error END,
+                   queued_at        = coalesce(r.queued_at, clock_timestamp())
               FROM picked
              WHERE r.id = picked.id
          RETURNING r.id, r.content, r.content_version, r.claimed_by
@@ -79,17 +101,33 @@ impl Claimer {
         let by_id = claim_sql(&t, "AND id = ANY($5::text[]) LIMIT $1");
         // Binds $5 too, so both statements take the same parameters.
         let oldest = claim_sql(&t, "AND $5::text[] IS NOT NULL ORDER BY queued_at LIMIT $1");
+        // The rows a claim would pick, without locking them: the one-by-one fallback's lists.
+        let due = RowState::due_predicate();
+        let hinted_candidates = format!(
+            "SELECT id FROM {t} WHERE {due} AND NOT (id = ANY($3::text[])) AND id = ANY($2::text[]) LIMIT $1"
+        );
+        let oldest_candidates = format!(
+            "SELECT id FROM {t} WHERE {due} AND NOT (id = ANY($3::text[])) AND $2::text[] IS NOT NULL
+              ORDER BY queued_at LIMIT $1"
+        );
         Ok(Claimer {
             by_id: client.prepare(&by_id).await?,
             oldest: client.prepare(&oldest).await?,
+            hinted_candidates: client.prepare(&hinted_candidates).await?,
+            oldest_candidates: client.prepare(&oldest_candidates).await?,
             owner: owner.to_string(),
-            seq: 0,
+            excluded: Vec::new(),
         })
     }
 
+    /// Leaves these ids out of every later claim (until set again).
+    pub fn set_excluded(&mut self, ids: Vec<String>) {
+        self.excluded = ids;
+    }
+
     /// Claims up to `limit` rows for `lease_secs`: first among `hinted` ids, then the oldest due
-    /// rows. Rows whose expired claim used their last attempt become `failed` instead. An
-    /// empty claim means nothing is due.
+    /// rows, leaving out the excluded ones. Rows whose expired claim used their last attempt
+    /// become `failed` instead. An empty claim means nothing is due.
     pub async fn claim(
         &mut self,
         client: &Client,
@@ -98,54 +136,101 @@ impl Claimer {
         lease_secs: f64,
         max_retries: i32,
     ) -> Result<Claim> {
-        self.seq += 1;
-        let token = format!("{}:{}", self.owner, self.seq);
-        let mut rows = Vec::new();
+        let seq = CLAIM_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut claim = Claim {
+            token: format!("{}:{seq}", self.owner),
+            rows: Vec::new(),
+            refused: Vec::new(),
+        };
+        let p = Params {
+            token: &claim.token,
+            lease_secs,
+            max_retries,
+            excluded: &self.excluded,
+        };
         if !hinted.is_empty() {
-            rows = self
-                .run(
-                    client,
-                    &self.by_id,
-                    limit,
-                    &token,
-                    lease_secs,
-                    max_retries,
-                    hinted,
-                )
+            claim.rows = self
+                .claim_with_fallback(client, Pick::Hinted(hinted), limit, &p, &mut claim.refused)
                 .await?;
         }
-        if rows.len() < limit {
+        if claim.rows.len() < limit {
             let more = self
-                .run(
+                .claim_with_fallback(
                     client,
-                    &self.oldest,
-                    limit - rows.len(),
-                    &token,
-                    lease_secs,
-                    max_retries,
-                    &[],
+                    Pick::Oldest,
+                    limit - claim.rows.len(),
+                    &p,
+                    &mut claim.refused,
                 )
                 .await?;
-            rows.extend(more);
+            claim.rows.extend(more);
         }
-        Ok(Claim { token, rows })
+        Ok(claim)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One claim statement; when PostgreSQL refuses it because of a row, the same pick one row
+    /// at a time, the refused rows added to `refused`.
+    async fn claim_with_fallback(
+        &self,
+        client: &Client,
+        pick: Pick<'_>,
+        limit: usize,
+        p: &Params<'_>,
+        refused: &mut Vec<(String, String)>,
+    ) -> Result<Vec<ClaimedRow>> {
+        let (stmt, hinted) = match pick {
+            Pick::Hinted(ids) => (&self.by_id, ids),
+            Pick::Oldest => (&self.oldest, &[][..]),
+        };
+        match self.run(client, stmt, limit, p, hinted).await {
+            Err(e) if e.is_row_level() => {
+                tracing::warn!(error = %e, "a claim was refused because of a row; claiming one by one");
+                let candidates = match pick {
+                    Pick::Hinted(_) => &self.hinted_candidates,
+                    Pick::Oldest => &self.oldest_candidates,
+                };
+                let ids: Vec<String> = client
+                    .query(candidates, &[&(limit as i64), &hinted, &p.excluded])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut rows = Vec::new();
+                for id in ids {
+                    match self
+                        .run(client, &self.by_id, 1, p, std::slice::from_ref(&id))
+                        .await
+                    {
+                        Ok(one) => rows.extend(one),
+                        Err(e) if e.is_row_level() => refused.push((id, e.to_string())),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(rows)
+            }
+            other => other,
+        }
+    }
+
     async fn run(
         &self,
         client: &Client,
         stmt: &Statement,
         limit: usize,
-        token: &str,
-        lease_secs: f64,
-        max_retries: i32,
+        p: &Params<'_>,
         ids: &[String],
     ) -> Result<Vec<ClaimedRow>> {
         Ok(client
             .query(
                 stmt,
-                &[&(limit as i64), &token, &lease_secs, &max_retries, &ids],
+                &[
+                    &(limit as i64),
+                    &p.token,
+                    &p.lease_secs,
+                    &p.max_retries,
+                    &ids,
+                    &p.excluded,
+                ],
             )
             .await?
             .into_iter()
@@ -156,4 +241,21 @@ impl Claimer {
             })
             .collect())
     }
+}
+
+/// Which rows a claim statement picks.
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    /// Among these ids (the notifications' hints).
+    Hinted(&'a [String]),
+    /// The oldest due rows.
+    Oldest,
+}
+
+/// What every statement of one claim binds.
+struct Params<'a> {
+    token: &'a str,
+    lease_secs: f64,
+    max_retries: i32,
+    excluded: &'a [String],
 }

@@ -25,8 +25,9 @@ pub struct RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub id: String,
-    /// Seconds from the row's queueing (insert or content change) to its vector's write.
-    pub latency_secs: f64,
+    /// Seconds from the row's queueing (insert or content change) to its vector's write;
+    /// `None` when the row has no `queued_at`.
+    pub latency_secs: Option<f64>,
 }
 
 /// The prepared statements of one connection.
@@ -62,17 +63,21 @@ impl Writer {
                FROM done AS d(id, latency)"
         );
         // Backoff per row: retry_interval * 2^retry_count, capped, with ±25 % jitter so rows
-        // that failed together do not come back together.
+        // that failed together do not come back together. The exponent is bounded (2^30 s is
+        // past any cap) so a huge retry_count cannot overflow; a NULL one counts as 0. A
+        // permanent failure ($7) ends the row at once.
         let fail = format!(
             "UPDATE {t} AS r
-                SET retry_count = r.retry_count + 1,
+                SET retry_count = coalesce(r.retry_count, 0) + 1,
                     last_retry_at = now(),
                     last_error = $3::text,
                     claimed_by = NULL,
                     claim_expires_at = NULL,
-                    retry_status = CASE WHEN r.retry_count + 1 >= $4::int4 THEN 'failed' ELSE 'pending' END,
+                    retry_status = CASE WHEN $7::bool OR coalesce(r.retry_count, 0) + 1 >= $4::int4
+                                        THEN 'failed' ELSE 'pending' END,
                     next_attempt_at = clock_timestamp() + make_interval(secs =>
-                        least($6::float8, $5::float8 * power(2::float8, r.retry_count)) * (0.75 + random() * 0.5))
+                        least($6::float8, $5::float8 * power(2::float8, least(greatest(coalesce(r.retry_count, 0), 0), 30)))
+                        * (0.75 + random() * 0.5))
               WHERE r.id = ANY($1) AND r.claimed_by = $2"
         );
         Ok(Writer {
@@ -109,8 +114,8 @@ impl Writer {
     }
 
     /// Records a failed attempt for the given rows of `claim`; rows reaching
-    /// `retry.max_retries` become `failed` with the error kept in `last_error`. Returns how many
-    /// rows were updated.
+    /// `retry.max_retries`, or any row when `permanent`, become `failed` with the error kept in
+    /// `last_error`. Returns how many rows were updated.
     pub async fn fail(
         &self,
         client: &Client,
@@ -118,6 +123,7 @@ impl Writer {
         ids: &[&str],
         error: &str,
         retry: &RetryPolicy,
+        permanent: bool,
     ) -> Result<u64> {
         Ok(client
             .execute(
@@ -129,6 +135,7 @@ impl Writer {
                     &retry.max_retries,
                     &retry.base.as_secs_f64(),
                     &retry.cap.as_secs_f64(),
+                    &permanent,
                 ],
             )
             .await?)
