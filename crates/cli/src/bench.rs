@@ -15,7 +15,7 @@
 //! 6. the daemon's idle CPU and its peak memory.
 //!
 //! It prints a table and writes JSON, the table as text, and an SVG latency plot. Nothing is
-//! asserted: the targets of issue 4 are reported as met or missed.
+//! asserted: the performance targets are reported as met or missed (README, Performance).
 //!
 //! Modules: `texts` (the two text profiles), `child` (the daemon process), `listen`
 //! (the `embedding_ready` ear), `latency` (steady inserts, burst), `model` (raw model),

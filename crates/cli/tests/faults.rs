@@ -1,4 +1,4 @@
-//! The fault-injection suite (issue 3, RELIABILITY.md): real PostgreSQL, the real model, the
+//! The fault-injection suite (docs/reliability.md): real PostgreSQL, the real model, the
 //! real daemon — in-process where a hook is needed, as a child process where it must die.
 //!
 //! Every scenario ends with the same assertion ([`support::EndState::assert_clean`]): no row
@@ -8,7 +8,7 @@
 //! triggers, so crashes cannot hide a duplicate. Each scenario prints a line of the table
 //! (`--nocapture`, lines start with `FAULTS|`).
 //!
-//! `cargo test --release -p pgai-trigger --test faults -- --nocapture --test-threads=2`
+//! `cargo test --release -p pgai-trigger-cli --test faults -- --nocapture --test-threads=2`
 //!
 //! # Layout
 //!

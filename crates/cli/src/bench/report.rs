@@ -1,5 +1,5 @@
-//! What a bench run found: the JSON document, the derived breakdown and ceiling, the targets of
-//! issue 4, and the plain-text table.
+//! What a bench run found: the JSON document, the derived breakdown and ceiling, the performance
+//! targets (README, Performance), and the plain-text table.
 
 use std::fmt::Write as _;
 

@@ -197,9 +197,9 @@ async fn s03_postgres_restart_while_rows_stream_in() {
         .expect("stop");
 }
 
-/// RELIABILITY 3/4: the listener's server process freezes (SIGSTOP): no error, no
-/// notifications. Rows are still picked up within about one poll interval, and the listener
-/// notices (its probe or ping goes unanswered) and reconnects.
+/// Missed notifications and listener health: the listener's server process freezes (SIGSTOP): no
+/// error, no notifications. Rows are still picked up within about one poll interval, and the
+/// listener notices (its probe or ping goes unanswered) and reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_listener_backend_costs_at_most_a_poll_interval() {
     let (url, db) = scenario_db("frozen_listener").await;

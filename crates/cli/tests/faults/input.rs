@@ -1,5 +1,5 @@
-//! Bad input (RELIABILITY 8): garbage on the channel (scenario 4), rows deleted between
-//! notification and claim (5), content far past the model's window and odd Unicode.
+//! Bad input (docs/reliability.md, "Bad input"): garbage on the channel (scenario 4), rows deleted
+//! between notification and claim (5), content far past the model's window and odd Unicode.
 
 use std::time::{Duration, Instant};
 
@@ -214,7 +214,7 @@ async fn s05_rows_deleted_between_notification_and_claim() {
     );
 }
 
-/// RELIABILITY 8: content far past the model's 256 word pieces, and odd Unicode, is embedded
+/// Bad input: content far past the model's 256 word pieces, and odd Unicode, is embedded
 /// like any other row (truncated the same way as the reference model).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_odd_unicode_content_is_embedded() {

@@ -1,6 +1,6 @@
-//! Interleavings forced with the model gate, never with sleeps (RELIABILITY 2 and 5): content
-//! updated while its old content is embedded (scenario 6), a holder whose claim was taken from
-//! it, and a long batch that must renew its lease.
+//! Interleavings forced with the model gate, never with sleeps (the write-back guard, leases):
+//! content updated while its old content is embedded (scenario 6), a holder whose claim was taken
+//! from it, and a long batch that must renew its lease.
 
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,8 @@ async fn s06_content_updated_while_old_content_is_embedded() {
     );
 }
 
-/// RELIABILITY 2: a holder whose claim was taken over (its lease lapsed, another worker took the
-/// row) cannot complete the row when its model call finally returns.
+/// The write-back guard: a holder whose claim was taken over (its lease lapsed, another worker took
+/// the row) cannot complete the row when its model call finally returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_holder_cannot_complete_a_reclaimed_row() {
     let (url, db) = scenario_db("expired_holder").await;
@@ -169,7 +169,7 @@ async fn expired_holder_cannot_complete_a_reclaimed_row() {
     );
 }
 
-/// RELIABILITY 5: a batch that takes longer than the lease keeps its claim (renews the lease), so
+/// Leases: a batch that takes longer than the lease keeps its claim (renews the lease), so
 /// no other worker starts on the same rows meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_batch_renews_its_lease() {

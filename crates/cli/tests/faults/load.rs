@@ -1,4 +1,4 @@
-//! Load (scenario 10, RELIABILITY 10): a burst of 20,000 rows in one statement while single
+//! Load (scenario 10): a burst of 20,000 rows in one statement while single
 //! inserts keep arriving. Reports the single inserts' pickup latency and the drain rate; no
 //! timing assertion (shared machines are noisy), only the common end state.
 

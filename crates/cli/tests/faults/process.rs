@@ -110,7 +110,7 @@ async fn s01_sigkill_mid_batch_then_restart() {
     );
 }
 
-/// RELIABILITY 5/6: a claim taken over after its holder died counts an attempt on the row.
+/// Leases and retries: a claim taken over after its holder died counts an attempt on the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_claims_count_an_attempt_on_take_over() {
     let (url, db) = scenario_db("crash_attempt").await;
@@ -165,7 +165,7 @@ async fn crashed_claims_count_an_attempt_on_take_over() {
     drop(second);
 }
 
-/// RELIABILITY 6: a row that kills every worker that takes it (here: its write hangs and the
+/// Retries: a row that kills every worker that takes it (here: its write hangs and the
 /// daemon is SIGKILLed meanwhile, every time) ends `failed` after `max_retries` take-overs,
 /// instead of looping forever; the daemon keeps serving the other rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +413,7 @@ async fn s09_sigstop_never_blocks_client_commits() {
     );
 }
 
-/// RELIABILITY 5: SIGTERM mid-batch finishes or releases the daemon's claims at once: nothing
+/// Leases: SIGTERM mid-batch finishes or releases the daemon's claims at once: nothing
 /// is left for a successor to wait out (the lease here is the default 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_no_claims_behind() {

@@ -1,6 +1,6 @@
-//! Provider faults (scenario 8, RELIABILITY 6): a provider that fails for a while then
-//! recovers, texts it always rejects, a text that panics the model, a provider that is down for
-//! every row, and `retry-failed`.
+//! Provider faults (scenario 8; docs/reliability.md, retries and the breaker): a provider that
+//! fails for a while then recovers, texts it always rejects, a text that panics the model, a
+//! provider that is down for every row, and `retry-failed`.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
@@ -204,7 +204,7 @@ async fn s08b_always_failing_rows_end_failed_then_retry_failed_recovers() {
     st.assert_clean(&[]);
 }
 
-/// The `retry-failed` command itself (RELIABILITY 6).
+/// The `retry-failed` command itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_failed_command_puts_failed_rows_back() {
     let (url, db) = scenario_db("retry_cmd").await;
@@ -243,7 +243,7 @@ async fn retry_failed_command_puts_failed_rows_back() {
     st.assert_clean(&[]);
 }
 
-/// RELIABILITY 6: a text that panics the model counts an attempt like any failure, ends
+/// Retries: a text that panics the model counts an attempt like any failure, ends
 /// `failed`, and the daemon keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_text_counts_attempts_and_the_daemon_survives() {
@@ -291,8 +291,8 @@ async fn a_panicking_text_counts_attempts_and_the_daemon_survives() {
     );
 }
 
-/// RELIABILITY 6: a provider that fails every call must not burn every row's attempts in
-/// seconds: the pipeline backs off as a whole, and when the provider is back every row
+/// The provider-wide breaker: a provider that fails every call must not burn every row's attempts
+/// in seconds: the pipeline backs off as a whole, and when the provider is back every row
 /// completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_down_backs_off_as_a_whole() {

@@ -1,7 +1,7 @@
-//! Silently dead connections (RELIABILITY 4): a TCP proxy between the daemon and PostgreSQL
-//! that can black-hole a connection — keep its socket open, accept its bytes, deliver nothing —
-//! as a vanished host or a broken network path does. No error ever reaches the daemon; only
-//! its own timeouts, probes and keepalives can notice.
+//! Silently dead connections (docs/reliability.md, connections): a TCP proxy between the daemon and
+//! PostgreSQL that can black-hole a connection — keep its socket open, accept its bytes, deliver
+//! nothing — as a vanished host or a broken network path does. No error ever reaches the daemon;
+//! only its own timeouts, probes and keepalives can notice.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
