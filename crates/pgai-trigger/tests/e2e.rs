@@ -292,7 +292,7 @@ async fn stale_claims_never_write() {
 
     // Lease expires and another worker re-claims: the first holder cannot complete.
     let first = claimer.claim(&db, &[], 10, 0.001, 3).await.unwrap();
-    assert_eq!(first.rows[0].content, "new content");
+    assert_eq!(first.rows[0].content.as_deref(), Some("new content"));
     tokio::time::sleep(Duration::from_millis(5)).await; // let the 1 ms lease lapse
     let mut other = Claimer::prepare(&db, &table, "test-b").await.unwrap();
     let second = other.claim(&db, &[], 10, 30.0, 3).await.unwrap();

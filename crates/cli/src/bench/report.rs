@@ -591,7 +591,7 @@ pub fn table(r: &Results) -> String {
         .collect();
     let _ = writeln!(o, "  peak RSS (MB): {}", peaks.join(", "));
 
-    let _ = writeln!(o, "\nTargets (issue 4)");
+    let _ = writeln!(o, "\nTargets");
     for t in &r.targets {
         let mark = match t.met {
             Some(true) => "met   ",
