@@ -1180,7 +1180,8 @@ mod tests {
 
     #[test]
     fn home_defaults_and_client_certificates() {
-        let home = std::env::temp_dir().join(format!("pgtls-home-{}", std::process::id()));
+        let home =
+            std::env::temp_dir().join(format!("pgai-trigger-tls-home-{}", std::process::id()));
         let dot = home.join(".postgresql");
         std::fs::create_dir_all(&dot).unwrap();
         let env = [("HOME", home.to_str().unwrap())];
@@ -1235,7 +1236,8 @@ mod tests {
         };
         assert!(make_tls_connect(&tls).is_ok());
 
-        let not_pem = std::env::temp_dir().join(format!("pgtls-notpem-{}", std::process::id()));
+        let not_pem =
+            std::env::temp_dir().join(format!("pgai-trigger-tls-notpem-{}", std::process::id()));
         std::fs::write(&not_pem, "hello").unwrap();
         let tls = TlsSettings {
             mode: SslMode::Require,
