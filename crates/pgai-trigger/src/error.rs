@@ -19,6 +19,12 @@ pub enum Error {
     Embed(#[from] EmbedError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// TLS to the database failed: the server's certificate (its CA, its host name, its
+    /// dates), the handshake, or a server without TLS where the sslmode requires it. One line
+    /// that starts with "TLS: " and says which; fixing it takes a change of settings, so it is
+    /// not transient.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -69,6 +75,11 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
             s.replace('\n', " ")
         }
         None => {
+            // A TLS failure (e.g. the server's alert that it rejects the client certificate,
+            // which TLS 1.3 delivers after the handshake) reads as the TLS problem.
+            if let Some(line) = crate::pg::describe_tls(e) {
+                return line;
+            }
             let mut s = e.to_string();
             let mut src = std::error::Error::source(e);
             while let Some(inner) = src {

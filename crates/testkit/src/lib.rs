@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use pgai_cluster::{Cluster, ClusterConfig, ClusterError};
 use tokio_postgres::Client;
 
+pub mod tls;
+
 const DIR_PREFIX: &str = "pgai-trigger-test-";
 const OWNER_MARKER: &str = "owner.pid";
 
@@ -97,11 +99,9 @@ pub async fn fresh_database(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         std::process::id()
     );
-    let (client, connection) =
-        tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to the shared cluster: {e}"));
-    let connection = tokio::spawn(connection);
+    let (client, connection) = pgai_trigger::connect(&cluster.url("postgres"), "pgai-testkit")
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the shared cluster: {e}"));
     client
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
@@ -281,8 +281,10 @@ impl Drop for TestDir {
     }
 }
 
-/// Stops any cluster running in a data directory directly inside `dir`, then deletes `dir`.
+/// Stops any cluster running in a data directory directly inside `dir`, and a TLS front's
+/// PgBouncer, then deletes `dir`.
 fn remove_test_dir(dir: &Path) {
+    tls::stop_leftover(dir);
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let data_dir = entry.path();

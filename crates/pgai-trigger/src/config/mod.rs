@@ -109,14 +109,8 @@ impl Config {
                 self.retry_cap.as_secs_f64()
             ),
         )?;
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| {
-                Error::Config(format!(
-                    "database URL {}: {e}",
-                    redact_url(&self.database_url)
-                ))
-            })?;
+        // The URL as every connection reads it, TLS options (sslmode, ...) included.
+        crate::pg::Target::new(&self.database_url, "")?;
         Ok(())
     }
 }
@@ -148,44 +142,124 @@ fn default_worker_id() -> String {
     )
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
+/// The connection string with any password replaced by `***`, for logs and errors: the URL's
+/// user info (up to its first '@', where tokio-postgres ends it), a `password` query parameter,
+/// or a `password` key=value pair, quoted or not. Everything else (TLS options included) is
+/// kept as written.
 pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return redact_query_password(url);
+    match url.find("://") {
+        Some(scheme_end) => redact_url_form(url, scheme_end + 3),
+        None => redact_key_value(url),
     }
-    // key=value form
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
-fn redact_query_password(url: &str) -> String {
-    match url.find("password=") {
-        Some(i) => {
-            let end = url[i..].find('&').map(|e| i + e).unwrap_or(url.len());
-            format!("{}password=***{}", &url[..i], &url[end..])
+/// `scheme://[user[:password]@]host.../db?key=value&...`, the user info starting at `start`.
+fn redact_url_form(url: &str, start: usize) -> String {
+    let mut out = url[..start].to_string();
+    let mut rest = &url[start..];
+    if let Some(at) = rest.find('@') {
+        let userinfo = &rest[..at];
+        match userinfo.find(':') {
+            Some(colon) => {
+                out.push_str(&userinfo[..colon]);
+                out.push_str(":***");
+            }
+            None => out.push_str(userinfo),
         }
-        None => url.to_string(),
+        out.push('@');
+        rest = &rest[at + 1..];
+    }
+    // The query starts at the first '?' and splits on '&' only (a '?' later is part of a
+    // value). Without a '?' (a stray '@' in the query moved it into the user info) every '&'
+    // still starts a pair.
+    let (head, query) = match rest.find('?').or_else(|| rest.find('&')) {
+        Some(q) => rest.split_at(q + 1),
+        None => (rest, ""),
+    };
+    out.push_str(head);
+    for piece in query.split_inclusive('&') {
+        let pair = piece.strip_suffix('&').unwrap_or(piece);
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if percent_encoding::percent_decode_str(key).decode_utf8_lossy() == "password" {
+            out.push_str(key);
+            out.push_str("=***");
+            out.push_str(&piece[pair.len()..]);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    out
+}
+
+/// `key=value key = 'quoted \' value' ...`, libpq's grammar.
+fn redact_key_value(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let is_space = |i: usize| i < bytes.len() && bytes[i].is_ascii_whitespace();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    loop {
+        let space_start = i;
+        while is_space(i) {
+            i += 1;
+        }
+        out.push_str(&s[space_start..i]);
+        if i == bytes.len() {
+            return out;
+        }
+        let key_start = i;
+        while i < bytes.len() && !is_space(i) && bytes[i] != b'=' {
+            i += 1;
+        }
+        let key = &s[key_start..i];
+        while is_space(i) {
+            i += 1;
+        }
+        if i == bytes.len() || bytes[i] != b'=' {
+            // Malformed: tokio-postgres reports it; keep the rest unless it could hold the
+            // password.
+            out.push_str(if s[key_start..].contains("password") {
+                "***"
+            } else {
+                &s[key_start..]
+            });
+            return out;
+        }
+        i += 1;
+        while is_space(i) {
+            i += 1;
+        }
+        let value_start = i;
+        let quoted = bytes.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        // The grammar's special characters are ASCII: byte steps stay on char boundaries,
+        // except after a backslash, which may escape any character.
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => {
+                    i += 1;
+                    while i < bytes.len() && !s.is_char_boundary(i + 1) {
+                        i += 1;
+                    }
+                }
+                b'\'' if quoted => {
+                    i += 1;
+                    break;
+                }
+                _ if !quoted && is_space(i) => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let i_end = i.min(bytes.len());
+        if key == "password" {
+            out.push_str(&s[key_start..value_start]);
+            out.push_str("***");
+        } else {
+            out.push_str(&s[key_start..i_end]);
+        }
+        i = i_end;
     }
 }
 
@@ -212,6 +286,54 @@ mod tests {
     }
 
     #[test]
+    fn redacts_passwords_next_to_tls_options() {
+        let ca = "sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem";
+        assert_eq!(
+            redact_url(&format!("postgresql://app:s3cret@db:5432/x?{ca}")),
+            format!("postgresql://app:***@db:5432/x?{ca}")
+        );
+        assert_eq!(
+            redact_url(&format!(
+                "postgresql://db/x?{ca}&password=s3cret&sslkey=/k.pem"
+            )),
+            format!("postgresql://db/x?{ca}&password=***&sslkey=/k.pem")
+        );
+        assert_eq!(
+            redact_url("postgresql://db/x?password=s3?cr&et&sslmode=require"),
+            "postgresql://db/x?password=***&et&sslmode=require"
+        );
+        assert_eq!(
+            redact_url(&format!("postgresql://db/x?pass%77ord=s3cret&{ca}")),
+            format!("postgresql://db/x?pass%77ord=***&{ca}")
+        );
+        // A '/' or '?' in the password: the user info runs to the first '@'.
+        assert_eq!(
+            redact_url("postgresql://app:s3/c?ret@db/x?sslmode=require"),
+            "postgresql://app:***@db/x?sslmode=require"
+        );
+        // tokio-postgres would read "db/x?sslrootcert=/a" as the user: the query still counts.
+        assert!(
+            !redact_url("postgresql://db/x?sslrootcert=/a@b/ca.pem&password=s3cret")
+                .contains("s3cret")
+        );
+        assert_eq!(
+            redact_url(
+                "host=db sslmode=require sslrootcert='/a dir/ca.pem' password = 's3 \\'c' user=a"
+            ),
+            "host=db sslmode=require sslrootcert='/a dir/ca.pem' password = *** user=a"
+        );
+        assert_eq!(
+            redact_url("host=db password=s3\\ cret sslmode=verify-ca"),
+            "host=db password=*** sslmode=verify-ca"
+        );
+        assert_eq!(
+            redact_url("host=db password='s3cret"),
+            "host=db password=***"
+        );
+        assert_eq!(redact_url("host=db password"), "host=db ***");
+    }
+
+    #[test]
     fn validation_names_the_bad_value() {
         let mut c = Config::new("postgresql://a@h/d");
         assert!(c.validate().is_ok());
@@ -220,5 +342,18 @@ mod tests {
         let c = Config::new("postgresql://a:pw@h:notaport/d");
         let msg = c.validate().unwrap_err().to_string();
         assert!(!msg.contains("pw@"), "{msg}");
+        assert!(msg.contains("`port`"), "{msg}");
+        let c = Config::new("postgresql://a:pw@h/d?sslmode=bogus&sslrootcert=/x.pem");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid configuration: database URL postgresql://a:***@h/d?sslmode=bogus\
+             &sslrootcert=/x.pem: invalid sslmode 'bogus' (expected disable, allow, prefer, \
+             require, verify-ca or verify-full)"
+        );
+        assert!(
+            Config::new("postgresql://a@h/d?sslmode=verify-full&sslrootcert=/x.pem")
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -48,9 +48,7 @@ impl Notifications {
         deadline: Duration,
     ) -> Result<Notifications> {
         let setup = async {
-            let (client, mut conn) = super::pg_config(url, application_name)?
-                .connect(tokio_postgres::NoTls)
-                .await?;
+            let (client, mut conn) = super::Target::new(url, application_name)?.connect().await?;
             let (tx, rx) = mpsc::channel(BUFFER);
             let dropped = Arc::new(AtomicU64::new(0));
             let dropped_in_task = dropped.clone();
