@@ -23,6 +23,16 @@ pub mod defaults {
     pub const RETRY_INTERVAL_SECS: f64 = 5.0;
     pub const RETRY_CAP_SECS: u64 = 300;
     pub const HTTP_ADDRESS: ([u8; 4], u16) = ([127, 0, 0, 1], 8760);
+    /// `?wait=true` requests (and library waits) waiting at once per store; more get 503.
+    pub const HTTP_MAX_WAITING: usize = 256;
+    /// Largest request body (axum's own default, made explicit); more gets 413.
+    pub const HTTP_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+    /// Most inputs of one `/v1/embeddings` request (OpenAI's limit); more gets 413.
+    pub const HTTP_MAX_INPUTS: usize = 2048;
+    /// Most bytes of text of one `/v1/embeddings` request, all inputs together; more gets 413.
+    pub const HTTP_MAX_INPUT_BYTES: usize = 1024 * 1024;
+    /// A client must send a request's headers within this many seconds.
+    pub const HTTP_HEADER_TIMEOUT_SECS: f64 = 10.0;
     pub const OPENAI_TIMEOUT_SECS: f64 = 30.0;
     pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
 }
@@ -123,45 +133,116 @@ fn default_worker_id() -> String {
     )
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
+/// The URL with any password replaced by `***`, for logs and errors. Covers the URL form
+/// (`scheme://user:password@host`, including passwords with raw or percent-encoded `@ : / ? #`
+/// or spaces, which is what a malformed URL's error message shows), `password=` and
+/// `sslpassword=` query parameters, and the key=value form (`password=secret`,
+/// `password = 'a b'`). When unsure, it redacts more rather than less.
 pub fn redact_url(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return redact_query_password(url);
+        let (head, rest) = url.split_at(scheme_end + 3);
+        let rest = redact_userinfo(rest);
+        return format!("{head}{}", redact_query_passwords(&rest));
     }
-    // key=value form
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    redact_key_value(url)
 }
 
-fn redact_query_password(url: &str) -> String {
-    match url.find("password=") {
-        Some(i) => {
-            let end = url[i..].find('&').map(|e| i + e).unwrap_or(url.len());
-            format!("{}password=***{}", &url[..i], &url[end..])
+/// `user:password@hosts…` → `user:***@hosts…`. The userinfo ends at the last `@` (a password
+/// may hold raw `@`, `/`, `?`, `#`); a `/`, `?` or `#` before the first `:` means that `@`
+/// belongs to the path or query, not to a userinfo.
+fn redact_userinfo(rest: &str) -> String {
+    let Some(at) = rest.rfind('@') else {
+        return rest.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) if !userinfo[..colon].contains(['/', '?', '#']) => {
+            format!("{}:***{}", &userinfo[..colon], &rest[at..])
         }
-        None => url.to_string(),
+        _ => rest.to_string(),
     }
+}
+
+/// Every `password=` (and `sslpassword=`) query value, up to the next `&` or `#`.
+fn redact_query_passwords(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find("password=") {
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(['&', '#'])
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The index after the character at `j`, or after the escaped one when it is `\\`.
+fn skip_char(s: &str, j: usize) -> usize {
+    let mut chars = s[j..].chars();
+    let mut len = chars.next().map_or(1, char::len_utf8);
+    if s.as_bytes()[j] == b'\\' {
+        len += chars.next().map_or(0, char::len_utf8);
+    }
+    j + len
+}
+
+/// libpq's key=value form: `password` (and `sslpassword`) values, quoted (`'a b'`, with `\'`
+/// and `\\` escapes) or not, spaces around `=` allowed.
+fn redact_key_value(conninfo: &str) -> String {
+    let b = conninfo.as_bytes();
+    let mut out = String::with_capacity(conninfo.len());
+    let mut i = 0;
+    while i < b.len() {
+        // A keyword: a run of non-space, non-'=' characters.
+        if b[i].is_ascii_whitespace() {
+            out.push(b[i] as char);
+            i += 1;
+            continue;
+        }
+        let key_start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
+            i += 1;
+        }
+        let key = &conninfo[key_start..i];
+        out.push_str(key);
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j >= b.len() || b[j] != b'=' {
+            continue;
+        }
+        out.push_str(&conninfo[i..=j]);
+        j += 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            out.push(b[j] as char);
+            j += 1;
+        }
+        // The value.
+        let value_start = j;
+        if j < b.len() && b[j] == b'\'' {
+            j += 1;
+            while j < b.len() && b[j] != b'\'' {
+                j = skip_char(conninfo, j);
+            }
+            j = (j + 1).min(b.len());
+        } else {
+            while j < b.len() && !b[j].is_ascii_whitespace() {
+                j = skip_char(conninfo, j);
+            }
+        }
+        if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") {
+            out.push_str("***");
+        } else {
+            out.push_str(&conninfo[value_start..j]);
+        }
+        i = j;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -184,6 +265,41 @@ mod tests {
             "host=db password=*** user=a"
         );
         assert!(!format!("{:?}", Config::new("postgresql://a:s3cret@h/d")).contains("s3cret"));
+    }
+
+    #[test]
+    fn redacts_passwords_with_any_characters() {
+        // Percent-encoded reserved characters and spaces.
+        for pw in ["p%40ss", "p%3Ass", "p%2Fss", "p%3Fss", "p%23ss", "p%20s s"] {
+            let url = format!("postgresql://app:{pw}@db:5432/x?sslmode=disable");
+            let r = redact_url(&url);
+            assert_eq!(r, "postgresql://app:***@db:5432/x?sslmode=disable", "{url}");
+        }
+        // Raw reserved characters (a malformed URL, whose error message prints it).
+        for pw in ["p@ss", "p:ss", "p/ss", "p?ss", "p#ss", "a b", "x@y/z?w#v:u"] {
+            let url = format!("postgresql://app:{pw}@db/x");
+            let r = redact_url(&url);
+            assert_eq!(r, "postgresql://app:***@db/x", "{url}");
+        }
+        // An @ in the query is not a userinfo; query passwords, all of them.
+        assert_eq!(
+            redact_url("postgres://db/x?user=me@corp&password=s3cret&sslpassword=k3y#f"),
+            "postgres://db/x?user=me@corp&password=***&sslpassword=***#f"
+        );
+        // key=value form: quoted values with spaces and escapes, spaces around '='.
+        assert_eq!(
+            redact_url("host=db password='a b' user=x"),
+            "host=db password=*** user=x"
+        );
+        assert_eq!(
+            redact_url(r"host=db password = 'it\'s a @b' user=x"),
+            "host=db password = *** user=x"
+        );
+        assert_eq!(
+            redact_url("password=s3cret sslpassword='k 3y' dbname=d"),
+            "password=*** sslpassword=*** dbname=d"
+        );
+        assert_eq!(redact_url("password='unterminated"), "password=***");
     }
 
     #[test]
