@@ -396,3 +396,98 @@ async fn help_is_written_for_operators() {
         "{add}"
     );
 }
+
+/// `serve` with `env` set (and no token, config file or database URL of the environment).
+fn serve_cmd(url: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(args)
+        .env_remove("PGAI_CONFIG")
+        .env_remove("PGAI_HTTP_TOKEN")
+        .env_remove("PGAI_HTTP_ALLOW_UNAUTHENTICATED")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .current_dir("/tmp");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_unsafe_http_settings_and_stops_promptly_with_waiting_requests() {
+    let (url, db) = schema_db("cli_serve_http").await;
+    // Refused before anything starts, on one line.
+    for (args, env, needle) in [
+        (
+            vec!["--http", "0.0.0.0:0"],
+            vec![],
+            "PGAI_HTTP_ALLOW_UNAUTHENTICATED",
+        ),
+        (
+            vec!["--http", "127.0.0.1:0"],
+            vec![("PGAI_HTTP_TOKEN", "")],
+            "empty",
+        ),
+    ] {
+        let mut cmd = serve_cmd(&url, &args, &env);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?} {env:?}");
+        assert!(
+            stderr.contains(needle) && stderr.trim().lines().count() == 1,
+            "{stderr}"
+        );
+    }
+
+    // No daemon (database.pgai.enabled: false): a ?wait=true request waits until SIGTERM.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = serve_cmd(&url, &["--http", &addr], &[("PGAI_ENABLED", "false")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    wait_for("serve listening", DEADLINE, || async {
+        let url = format!("{base}/healthz");
+        tokio::task::spawn_blocking(move || ureq::get(&url).call().ok().map(|_| ()))
+            .await
+            .unwrap()
+    })
+    .await;
+    let post_url = format!("{base}/v1/items?wait=true&timeout_ms=60000");
+    let waiting = tokio::task::spawn_blocking(move || {
+        match ureq::post(&post_url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"id": "held", "content": "never embedded"}"#)
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    });
+    // The wait is registered before the row is inserted.
+    wait_for("the waiting row", DEADLINE, || async {
+        db.query_opt("SELECT 1 FROM m0_episodic WHERE id = 'held'", &[])
+            .await
+            .unwrap()
+            .map(|_| ())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(waiting.await.unwrap(), 503);
+}

@@ -5,7 +5,12 @@
 //! runtime. The dimension is learnt once at construction (a probe request, or the configured
 //! `dimensions` checked against the probe), so the daemon's schema check compares it with the
 //! table's vector column before any row is claimed.
+//!
+//! Credentials (the API key, a `user:password@` in the URL, key-like query parameters) never
+//! reach an error message, and so never a row's `last_error` or a log line. An answer's size is
+//! bounded in proportion to the vectors asked for.
 
+use std::io::Read;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,7 +38,7 @@ pub struct OpenAiConfig {
 impl std::fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiConfig")
-            .field("url", &self.url)
+            .field("url", &redact_endpoint(&self.url))
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("timeout", &self.timeout)
@@ -54,11 +59,73 @@ impl OpenAiConfig {
     }
 }
 
+/// `url` with any userinfo (`user:password@`, or a token as user name) and the values of
+/// key-like query parameters replaced by `***`: what errors show of the endpoint.
+pub fn redact_endpoint(url: &str) -> String {
+    let Some(i) = url.find("://") else {
+        return url.to_string();
+    };
+    let (head, rest) = url.split_at(i + 3);
+    // The userinfo ends at the last '@' (a password may hold raw '/', '?', '#', '@'). When
+    // unsure ("h:8080/v1?user=a@b") this hides more than the userinfo, never less.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest
+        .rfind('@')
+        .filter(|&at| rest[..authority_end].contains('@') || rest[..at].contains(':'));
+    let rest = match at {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let Some(q) = rest.find('?') else {
+        return format!("{head}{rest}");
+    };
+    let (path, query) = rest.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_name(k) => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{head}{path}{}{fragment}", query.join("&"))
+}
+
+fn is_secret_name(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["key", "token", "secret", "password", "sig", "auth"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// Largest error body read from the endpoint (only its message is kept).
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// Largest answer for `texts` vectors of `dim` dimensions: 32 bytes a float is more than any
+/// JSON float takes, plus room for the envelope.
+fn max_answer_bytes(texts: usize, dim: usize) -> u64 {
+    64 * 1024 + texts as u64 * (dim as u64 * 32 + 256)
+}
+
+/// At most `limit` bytes of `reader`, or `None` when there are more.
+fn read_bounded(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
+
 /// An [`Embedder`] backed by a remote OpenAI-compatible endpoint.
 pub struct OpenAiEmbedder {
     agent: ureq::Agent,
     config: OpenAiConfig,
     endpoint: String,
+    /// The endpoint as errors show it ([`redact_endpoint`]).
+    shown: String,
+    /// Strings that must never appear in a message: the key, the URL's userinfo parts.
+    secrets: Vec<String>,
     dim: usize,
 }
 
@@ -84,9 +151,13 @@ impl OpenAiEmbedder {
             .timeout(config.timeout)
             .build();
         let endpoint = config.endpoint();
+        let shown = redact_endpoint(&endpoint);
+        let secrets = secrets_of(&config);
         let mut e = OpenAiEmbedder {
             agent,
             endpoint,
+            shown,
+            secrets,
             dim: 0,
             config,
         };
@@ -108,8 +179,12 @@ impl OpenAiEmbedder {
     }
 
     fn remote(&self, status: Option<u16>, message: String) -> EmbedError {
+        let mut message = message;
+        for s in &self.secrets {
+            message = message.replace(s.as_str(), "***");
+        }
         EmbedError::Remote {
-            url: self.endpoint.clone(),
+            url: self.shown.clone(),
             status,
             message,
         }
@@ -134,12 +209,41 @@ impl OpenAiEmbedder {
         let resp = match req.send_string(&body.to_string()) {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
+                let mut text = Vec::new();
+                let _ = r.into_reader().take(MAX_ERROR_BODY).read_to_end(&mut text);
+                let text = String::from_utf8_lossy(&text);
                 return Err(self.remote(Some(code), error_message(&text)));
             }
-            Err(ureq::Error::Transport(t)) => return Err(self.remote(None, one_line(t))),
+            // Not `t.to_string()`: it starts with the URL, credentials included.
+            Err(ureq::Error::Transport(t)) => {
+                let mut m = t.kind().to_string();
+                if let Some(msg) = t.message() {
+                    m = format!("{m}: {msg}");
+                }
+                if let Some(src) = std::error::Error::source(&t) {
+                    m = format!("{m}: {src}");
+                }
+                return Err(self.remote(None, one_line(m)));
+            }
         };
-        let parsed: Response = serde_json::from_reader(resp.into_reader())
+        let dim = match (self.dim, self.config.dimensions) {
+            (0, Some(d)) => d,
+            (0, None) => 4096,
+            (d, _) => d,
+        };
+        let limit = max_answer_bytes(texts.len(), dim);
+        let answer = read_bounded(resp.into_reader(), limit)
+            .map_err(|e| self.remote(None, format!("unreadable answer: {}", one_line(e))))?
+            .ok_or_else(|| {
+                self.remote(
+                    None,
+                    format!(
+                        "answer larger than {limit} bytes for {} vectors of {dim} dimensions",
+                        texts.len()
+                    ),
+                )
+            })?;
+        let parsed: Response = serde_json::from_slice(&answer)
             .map_err(|e| self.remote(None, format!("unreadable answer: {}", one_line(e))))?;
         if parsed.data.len() != texts.len() {
             return Err(self.remote(
@@ -170,6 +274,49 @@ impl OpenAiEmbedder {
         }
         Ok(out)
     }
+}
+
+/// What must not appear in messages: the key and the URL's userinfo (raw and decoded parts).
+fn secrets_of(config: &OpenAiConfig) -> Vec<String> {
+    let mut out: Vec<String> = config.api_key.iter().cloned().collect();
+    if let Some(i) = config.url.find("://") {
+        let rest = &config.url[i + 3..];
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            out.push(userinfo.to_string());
+            out.extend(userinfo.split(':').map(str::to_string));
+            out.extend(userinfo.split(':').map(percent_decode));
+        }
+    }
+    // Short strings would blank out ordinary words.
+    out.retain(|s| s.len() >= 4);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `error.message` of an OpenAI-style error body, else the body itself (shortened).
@@ -347,12 +494,67 @@ mod tests {
     }
 
     #[test]
+    fn credentials_never_reach_errors() {
+        // The server echoes the key and the URL's password in its error, as some do.
+        let echo = r#"{"error":{"message":"bad key sk-secret-key for user bob:pa55word"}}"#;
+        let base = fake_server(vec![(401, echo.into())]);
+        let url = base.replace("http://", "http://bob:pa55word@");
+        let mut c = config(url);
+        c.api_key = Some("sk-secret-key".into());
+        let e = OpenAiEmbedder::new(c).err().unwrap().to_string();
+        assert!(e.contains("401") && e.contains("***@127.0.0.1"), "{e}");
+        assert!(
+            !e.contains("pa55word") && !e.contains("sk-secret-key"),
+            "{e}"
+        );
+        // Unreachable: ureq's own message starts with the URL.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = OpenAiEmbedder::new(config(format!(
+            "http://bob:pa%2F55word@127.0.0.1:{port}/v1?api-key=k3y&api-version=1"
+        )))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(!e.contains("55word") && !e.contains("k3y"), "{e}");
+        assert!(e.contains("api-version=1"), "{e}");
+        assert_eq!(
+            redact_endpoint("https://u:p@ss/w?rd#x@h/v1"),
+            "https://***@h/v1"
+        );
+        assert_eq!(redact_endpoint("https://sk-token@h/v1"), "https://***@h/v1");
+        assert_eq!(
+            redact_endpoint("https://h/v1?user=a@b"),
+            "https://h/v1?user=a@b"
+        );
+    }
+
+    #[test]
+    fn answers_are_bounded_by_what_was_asked() {
+        // A valid answer padded to 1 MB: far more than 2 dimensions take.
+        let padded = format!("{TWO_D}{}", " ".repeat(1 << 20));
+        let mut c = config(fake_server(vec![(200, padded)]));
+        c.dimensions = Some(2);
+        let e = OpenAiEmbedder::new(c).err().unwrap().to_string();
+        assert!(e.contains("answer larger than"), "{e}");
+        assert!(max_answer_bytes(2048, 384) < 32 << 20);
+    }
+
+    #[test]
     fn endpoint_and_debug() {
         let mut c = config("http://h/v1/".into());
         assert_eq!(c.endpoint(), "http://h/v1/embeddings");
         c.url = "http://h/v1/embeddings".into();
         assert_eq!(c.endpoint(), "http://h/v1/embeddings");
         c.api_key = Some("sk-secret".into());
-        assert!(!format!("{c:?}").contains("sk-secret"));
+        c.url = "https://u:pw-secret@h/v1".into();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("sk-secret") && !debug.contains("pw-secret"),
+            "{debug}"
+        );
     }
 }

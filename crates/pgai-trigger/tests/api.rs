@@ -10,7 +10,7 @@ use pgai_embed::Embedder;
 use pgai_testkit::{cosine, fresh_database, wait_for};
 use pgai_trigger::http::{self, Api};
 use pgai_trigger::{
-    schema, Config, EmbedService, Mode, NewItem, Settings, Store, StoreFactory, Table,
+    schema, Config, EmbedService, Mode, NewItem, Settings, Store, StoreError, StoreFactory, Table,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -21,34 +21,64 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Server {
     base: String,
     addr: SocketAddr,
+    url: String,
     store: Arc<Store>,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
     async fn start(prefix: &str, token: Option<&str>, enable_metrics: bool) -> Server {
+        let token = token.map(String::from);
+        Server::launch(
+            prefix,
+            true,
+            |s| s,
+            move |api| {
+                api.token = token;
+                api.enable_metrics = enable_metrics;
+            },
+        )
+        .await
+    }
+
+    /// `daemon: false`: rows stay pending (waits wait).
+    async fn launch(
+        prefix: &str,
+        daemon: bool,
+        store: impl FnOnce(Store) -> Store,
+        api: impl FnOnce(&mut Api),
+    ) -> Server {
         let url = fresh_database(prefix).await;
         let (client, _t) = pgai_trigger::connect(&url, "api test").await.unwrap();
         schema::init(&client, &Table::default(), pgai_embed::DIM)
             .await
             .unwrap();
-        let store = Store::new(Config::new(&url)).with_embedder(pgai_testkit::model().await);
-        store.start_daemon().await.expect("daemon");
-        let store = Arc::new(store);
+        let s = store(Store::new(Config::new(&url)).with_embedder(pgai_testkit::model().await));
+        if daemon {
+            s.start_daemon().await.expect("daemon");
+        }
+        let s = Arc::new(s);
         let stop = CancellationToken::new();
-        let router = http::router(Api {
-            store: store.clone(),
-            token: token.map(String::from),
-            enable_metrics,
-        });
-        let (addr, _task) = http::serve("127.0.0.1:0".parse().unwrap(), router, stop.clone())
-            .await
-            .unwrap();
+        let mut a = Api::new(s.clone());
+        api(&mut a);
+        let header_timeout = a.limits.header_read_timeout;
+        let router = http::router(a);
+        let (addr, task) = http::serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            router,
+            stop.clone(),
+            header_timeout,
+        )
+        .await
+        .unwrap();
         Server {
             base: format!("http://{addr}"),
             addr,
-            store,
+            url,
+            store: s,
             stop,
+            task,
         }
     }
 
@@ -65,12 +95,27 @@ async fn call(
     token: Option<&str>,
     body: Option<String>,
 ) -> (u16, Value, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    call_with(method, url, &headers, body).await
+}
+
+/// [`call`] with any headers.
+fn call_with(
+    method: &str,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> impl std::future::Future<Output = (u16, Value, String)> + 'static {
     let method = method.to_string();
-    let token = token.map(String::from);
-    tokio::task::spawn_blocking(move || {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let answer = tokio::task::spawn_blocking(move || {
         let mut req = ureq::request(&method, &url).timeout(Duration::from_secs(60));
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
+        for (k, v) in &headers {
+            req = req.set(k, v);
         }
         let r = match body {
             Some(b) => req.set("Content-Type", "application/json").send_string(&b),
@@ -88,9 +133,8 @@ async fn call(
             serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
         )
-    })
-    .await
-    .unwrap()
+    });
+    async move { answer.await.unwrap() }
 }
 
 async fn get(url: String) -> (u16, Value, String) {
@@ -515,4 +559,448 @@ async fn store_factory_polling_mode_library_api() {
     assert!(!store.delete("c1").await.unwrap());
     assert!(store.get("c1").await.unwrap().is_none());
     store.close().await;
+}
+
+/// Backends of the stores' wait connections on the database of `url`.
+async fn wait_backends(db: &tokio_postgres::Client) -> Vec<i32> {
+    db.query(
+        "SELECT pid FROM pg_stat_activity
+          WHERE application_name = 'pgai-trigger-client wait' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_scheme_any_case_and_an_empty_token_denies_everything() {
+    let s = Server::start("api_token_strict", Some("s3cret-token"), true).await;
+    let b = &s.base;
+    let stats = |auth: &'static str| {
+        call_with(
+            "GET",
+            format!("{b}/v1/stats"),
+            &[("Authorization", auth)],
+            None,
+        )
+    };
+    for ok in [
+        "bearer s3cret-token",
+        "BEARER s3cret-token",
+        "Bearer   s3cret-token ",
+    ] {
+        assert_eq!(stats(ok).await.0, 200, "{ok:?}");
+    }
+    for wrong in [
+        "Bearer s3cret-toke",
+        "Bearer s3cret-token2",
+        "Bearer ",
+        "Basic s3cret-token",
+        "s3cret-token",
+        "Bearers3cret-token",
+    ] {
+        let (st, body, _) = stats(wrong).await;
+        assert_eq!(st, 401, "{wrong:?}");
+        assert_error(&body, 401);
+    }
+    s.stop().await;
+
+    // An empty token set programmatically matches nothing, not even an empty bearer.
+    let s = Server::launch(
+        "api_token_empty",
+        true,
+        |s| s,
+        |api| api.token = Some(String::new()),
+    )
+    .await;
+    for auth in [None, Some("")] {
+        let (st, _, _) = call("GET", format!("{}/v1/stats", s.base), auth, None).await;
+        assert_eq!(st, 401, "{auth:?}");
+    }
+    assert_eq!(get(format!("{}/healthz", s.base)).await.0, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_local_hosts_are_served() {
+    let s = Server::launch(
+        "api_hosts",
+        true,
+        |s| s,
+        |api| api.allowed_hosts = vec!["Embed.Internal".into()],
+    )
+    .await;
+    let b = &s.base;
+    let port = s.addr.port();
+    let with_host = |host: String| {
+        call_with(
+            "GET",
+            format!("{b}/v1/stats"),
+            &[("Host", host.as_str())],
+            None,
+        )
+    };
+    for ok in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST:1".into(),
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".into(),
+        "[::1]:8080".into(),
+        "[::1]".into(),
+        "embed.internal:9999".into(),
+    ] {
+        let (st, body, _) = with_host(ok.clone()).await;
+        assert_eq!(st, 200, "Host {ok}: {body}");
+    }
+    for bad in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        "localhost.evil.example".into(),
+        "10.1.2.3".into(),
+        "[::2]:80".into(),
+        "localhost:80@evil".into(),
+    ] {
+        let (st, body, _) = with_host(bad.clone()).await;
+        assert_eq!(st, 421, "Host {bad}: {body}");
+        assert_error(&body, 421);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("allowed_hosts"),
+            "{body}"
+        );
+    }
+    // Probes stay open.
+    let (st, _, _) = call_with(
+        "GET",
+        format!("{b}/healthz"),
+        &[("Host", "evil.example")],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    s.stop().await;
+
+    // With a token the Host is not checked (the token is the protection).
+    let s = Server::start("api_hosts_token", Some("t"), true).await;
+    let (st, _, _) = call_with(
+        "GET",
+        format!("{}/v1/stats", s.base),
+        &[("Host", "evil.example"), ("Authorization", "Bearer t")],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::launch(
+        "api_slowloris",
+        false,
+        |s| s,
+        |api| api.limits.header_read_timeout = Duration::from_secs(1),
+    )
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // Ends (EOF or reset) once the server closes the connection.
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
+        .await
+        .expect("the server kept a connection whose headers never came");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_share_one_listen_connection_are_bounded_and_survive_a_reconnect() {
+    // No daemon at first: rows stay pending and every wait waits.
+    let s = Server::launch("api_waits", false, |s| s.with_max_waiting(3), |_| {}).await;
+    let (db, _t) = pgai_trigger::connect(&s.url, "api test").await.unwrap();
+    let mut waits = Vec::new();
+    for i in 0..2 {
+        let store = s.store.clone();
+        waits.push(tokio::spawn(async move {
+            store
+                .add_and_wait(
+                    NewItem::new(format!("waiting row {i}")).id(format!("w{i}")),
+                    DEADLINE,
+                )
+                .await
+        }));
+    }
+    let b = s.base.clone();
+    let http_wait = tokio::spawn(async move {
+        post(
+            format!("{b}/v1/items?wait=true&timeout_ms=30000"),
+            json!({"id": "w2", "content": "waiting over HTTP"}),
+        )
+        .await
+    });
+    wait_for("3 waits registered", DEADLINE, || async {
+        (s.store.waiting() == 3).then_some(())
+    })
+    .await;
+    // One LISTEN connection for all of them.
+    let first = wait_for("the wait connection", DEADLINE, || async {
+        let pids = wait_backends(&db).await;
+        (!pids.is_empty()).then_some(pids)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Past the bound: 503 over HTTP, Busy from the library; nothing is inserted.
+    let (st, body, _) = post(
+        format!("{}/v1/items?wait=true", s.base),
+        json!({"id": "w3", "content": "one too many"}),
+    )
+    .await;
+    assert_eq!(st, 503, "{body}");
+    assert_error(&body, 503);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_waiting"),
+        "{body}"
+    );
+    assert!(matches!(
+        s.store.wait_embedded("w0", DEADLINE).await,
+        Err(StoreError::Busy(_))
+    ));
+
+    // The connection drops: the hub opens a new one.
+    db.execute("SELECT pg_terminate_backend($1)", &[&first[0]])
+        .await
+        .unwrap();
+    wait_for("the wait connection reopened", DEADLINE, || async {
+        let pids = wait_backends(&db).await;
+        (pids.len() == 1 && pids[0] != first[0]).then_some(())
+    })
+    .await;
+
+    // A daemon starts: every wait completes.
+    s.store.start_daemon().await.unwrap();
+    for w in waits {
+        let item = w.await.unwrap().unwrap();
+        assert_eq!(item.status, pgai_trigger::RowState::Completed);
+    }
+    let (st, item, _) = http_wait.await.unwrap();
+    assert_eq!(
+        (st, item["status"].as_str()),
+        (201, Some("completed")),
+        "{item}"
+    );
+    assert_eq!(s.store.waiting(), 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_ends_waiting_requests_at_once() {
+    let s = Server::launch("api_stop", false, |s| s, |_| {}).await;
+    let b = s.base.clone();
+    let waiting = tokio::spawn(async move {
+        post(
+            format!("{b}/v1/items?wait=true&timeout_ms=60000"),
+            json!({"id": "slow", "content": "never embedded"}),
+        )
+        .await
+    });
+    let lib_store = s.store.clone();
+    let lib_wait = tokio::spawn(async move {
+        lib_store
+            .wait_embedded("slow", Duration::from_secs(60))
+            .await
+    });
+    wait_for("2 waits registered", DEADLINE, || async {
+        (s.store.waiting() == 2).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // What `serve` does on SIGTERM.
+    s.store.cancel_waits();
+    s.stop.cancel();
+    let (st, body, _) = waiting.await.unwrap();
+    assert_eq!(st, 503, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+    assert!(matches!(
+        lib_wait.await.unwrap(),
+        Err(StoreError::ShuttingDown)
+    ));
+    tokio::time::timeout(Duration::from_secs(3), s.task)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // New waits are refused once closing.
+    assert!(matches!(
+        s.store.add_and_wait(NewItem::new("late"), DEADLINE).await,
+        Err(StoreError::ShuttingDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_does_not_wait_out_long_requests() {
+    // Nobody cancels the waits: the server still stops within its grace period.
+    let s = Server::launch("api_grace", false, |s| s, |_| {}).await;
+    let b = s.base.clone();
+    let waiting = tokio::task::spawn_blocking(move || {
+        ureq::post(&format!("{b}/v1/items?wait=true&timeout_ms=60000"))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"content": "never embedded"}"#)
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    });
+    wait_for("1 wait registered", DEADLINE, || async {
+        (s.store.waiting() == 1).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    s.stop.cancel();
+    tokio::time::timeout(http::SHUTDOWN_GRACE + Duration::from_secs(3), s.task)
+        .await
+        .expect("the server stopped within its grace period")
+        .unwrap();
+    assert!(started.elapsed() < http::SHUTDOWN_GRACE + Duration::from_secs(3));
+    // The request's connection was closed under it.
+    assert!(waiting.await.unwrap().is_err());
+    s.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_get_413_naming_the_limit() {
+    let s = Server::launch(
+        "api_limits",
+        false,
+        |s| s,
+        |api| {
+            api.limits.max_inputs = 3;
+            api.limits.max_input_bytes = 100;
+            api.limits.max_body_bytes = 1000;
+        },
+    )
+    .await;
+    let b = &s.base;
+    let embed = |body: Value| post(format!("{b}/v1/embeddings"), body);
+    let (st, body, _) = embed(json!({"input": ["a", "b", "c"]})).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body, _) = embed(json!({"input": ["a", "b", "c", "d"]})).await;
+    assert_eq!(st, 413, "{body}");
+    assert_error(&body, 413);
+    let m = body["error"]["message"].as_str().unwrap();
+    assert!(m.contains("at most 3") && m.contains("max_inputs"), "{m}");
+    let (st, body, _) = embed(json!({"input": ["x".repeat(60), "y".repeat(60)]})).await;
+    assert_eq!(st, 413, "{body}");
+    let m = body["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("at most 100") && m.contains("max_input_bytes"),
+        "{m}"
+    );
+    for path in ["/v1/embeddings", "/v1/items", "/v1/search"] {
+        let (st, body, _) = post(
+            format!("{b}{path}"),
+            json!({"input": "z".repeat(2000), "content": "z", "query": "z"}),
+        )
+        .await;
+        assert_eq!(st, 413, "{path}: {body}");
+        let m = body["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("1000 bytes") && m.contains("max_body_bytes"),
+            "{m}"
+        );
+    }
+    // Unknown fields are refused as on the other endpoints.
+    let (st, body, _) = embed(json!({"input": "x", "colour": "red"})).await;
+    assert_eq!(st, 422, "{body}");
+    assert_error(&body, 422);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_are_4xx_never_database_errors() {
+    let s = Server::launch("api_mistakes", false, |s| s, |_| {}).await;
+    let b = &s.base;
+    let bad_items = [
+        json!({"id": "nul", "content": "a\u{0}b"}),
+        json!({"id": "a\u{0}b", "content": "x"}),
+        json!({"id": "meta", "content": "x", "metadata": {"k": "v\u{0}"}}),
+        json!({"id": "meta", "content": "x", "metadata": {"k\u{0}": 1}}),
+        // Past the btree's limit (about 2,700 bytes) PostgreSQL itself fails.
+        json!({"id": "i".repeat(3000), "content": "x"}),
+        json!({"id": "i".repeat(1025), "content": "x"}),
+        json!({"id": "", "content": "x"}),
+    ];
+    for item in bad_items {
+        for path in ["/v1/items", "/v1/items?wait=true"] {
+            let (st, body, _) = post(format!("{b}{path}"), item.clone()).await;
+            assert_eq!(st, 400, "{path} {item}: {body}");
+            assert_error(&body, 400);
+            let m = body["error"]["message"].as_str().unwrap();
+            assert!(!m.contains("database"), "{m}");
+        }
+    }
+    let (st, _, _) = post(
+        format!("{b}/v1/items"),
+        json!({"id": "i".repeat(1024), "content": "x"}),
+    )
+    .await;
+    assert_eq!(st, 202, "1024 bytes is allowed");
+    for method in ["GET", "DELETE"] {
+        let (st, body, _) = call(method, format!("{b}/v1/items/a%00b"), None, None).await;
+        assert_eq!(st, 400, "{method}: {body}");
+    }
+    let (st, body, _) = post(
+        format!("{b}/v1/search"),
+        json!({"query": "x", "filter": {"k": "\u{0}"}}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+
+    // A failed row under ?wait=true: 422 embedding_failed with the row's last error.
+    let (st, _, _) = post(
+        format!("{b}/v1/items"),
+        json!({"id": "f", "content": "fails"}),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let (db, _t) = pgai_trigger::connect(&s.url, "api test").await.unwrap();
+    db.batch_execute(
+        "UPDATE m0_episodic SET retry_status = 'failed', retry_count = 3, last_error = 'boom' WHERE id = 'f'",
+    )
+    .await
+    .unwrap();
+    let (st, body, _) = post(
+        format!("{b}/v1/items?wait=true"),
+        json!({"id": "f", "content": "fails"}),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(body["error"]["type"], "embedding_failed");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("boom"),
+        "{body}"
+    );
+    s.stop().await;
 }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn serve(settings: Settings) -> Result<()> {
     let config = settings.daemon_config()?;
+    // Refuses an empty token or an open non-loopback address before anything starts.
+    settings.http.validate()?;
     let pgai = &settings.database.pgai;
     let embed = settings.start_embedder().await?;
     let daemon = if pgai.enabled {
@@ -23,24 +25,34 @@ pub async fn serve(settings: Settings) -> Result<()> {
     };
     let mut store = Store::new(config)
         .with_embedder(embed)
-        .with_auto_embedding(pgai.auto_embedding);
+        .with_auto_embedding(pgai.auto_embedding)
+        .with_max_waiting(settings.http.max_waiting);
     if let Some(d) = &daemon {
         store = store.with_monitor(d.monitor().clone());
     }
-    let router = pgai_trigger::http::router(pgai_trigger::http::Api {
-        store: Arc::new(store),
-        token: settings.http.token.clone(),
-        enable_metrics: pgai.enable_metrics,
-    });
+    let store = Arc::new(store);
+    let mut api = settings.http.api(store.clone())?;
+    api.enable_metrics = pgai.enable_metrics;
+    let header_timeout = api.limits.header_read_timeout;
+    let router = pgai_trigger::http::router(api);
     let stop = CancellationToken::new();
-    let (addr, http_task) = pgai_trigger::http::serve(settings.http.address, router, stop.clone())
-        .await
-        .with_context(|| format!("cannot bind HTTP address {}", settings.http.address))?;
+    let (addr, http_task) =
+        pgai_trigger::http::serve_with(settings.http.address, router, stop.clone(), header_timeout)
+            .await
+            .with_context(|| format!("cannot bind HTTP address {}", settings.http.address))?;
     println!("HTTP=http://{addr}");
+    // On the signal: end the waiting requests at once (503) and stop the HTTP server while the
+    // daemon finishes its batches; neither waits for long waits.
+    let signal = async {
+        shutdown_signal().await;
+        store.cancel_waits();
+        stop.cancel();
+    };
     match daemon {
-        Some(d) => d.run_until(shutdown_signal()).await,
-        None => shutdown_signal().await,
+        Some(d) => d.run_until(signal).await,
+        None => signal.await,
     }
+    store.cancel_waits();
     stop.cancel();
     http_task.await.context("the HTTP server task failed")?;
     Ok(())

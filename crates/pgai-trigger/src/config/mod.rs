@@ -23,6 +23,16 @@ pub mod defaults {
     pub const RETRY_INTERVAL_SECS: f64 = 5.0;
     pub const RETRY_CAP_SECS: u64 = 300;
     pub const HTTP_ADDRESS: ([u8; 4], u16) = ([127, 0, 0, 1], 8760);
+    /// `?wait=true` requests (and library waits) waiting at once per store; more get 503.
+    pub const HTTP_MAX_WAITING: usize = 256;
+    /// Largest request body (axum's own default, made explicit); more gets 413.
+    pub const HTTP_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+    /// Most inputs of one `/v1/embeddings` request (OpenAI's limit); more gets 413.
+    pub const HTTP_MAX_INPUTS: usize = 2048;
+    /// Most bytes of text of one `/v1/embeddings` request, all inputs together; more gets 413.
+    pub const HTTP_MAX_INPUT_BYTES: usize = 1024 * 1024;
+    /// A client must send a request's headers within this many seconds.
+    pub const HTTP_HEADER_TIMEOUT_SECS: f64 = 10.0;
     pub const OPENAI_TIMEOUT_SECS: f64 = 30.0;
     pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
 }
@@ -142,125 +152,141 @@ fn default_worker_id() -> String {
     )
 }
 
-/// The connection string with any password replaced by `***`, for logs and errors: the URL's
-/// user info (up to its first '@', where tokio-postgres ends it), a `password` query parameter,
-/// or a `password` key=value pair, quoted or not. Everything else (TLS options included) is
-/// kept as written.
+/// The URL with any password replaced by `***`, for logs and errors. Covers the URL form
+/// (`scheme://user:password@host`, including passwords with raw or percent-encoded `@ : / ? #`
+/// or spaces, which is what a malformed URL's error message shows), `password=` and
+/// `sslpassword=` query parameters, and the key=value form (`password=secret`,
+/// `password = 'a b'`). When unsure, it redacts more rather than less.
 pub fn redact_url(url: &str) -> String {
-    match url.find("://") {
-        Some(scheme_end) => redact_url_form(url, scheme_end + 3),
-        None => redact_key_value(url),
+    if let Some(scheme_end) = url.find("://") {
+        let (head, rest) = url.split_at(scheme_end + 3);
+        let rest = redact_userinfo(rest);
+        return format!("{head}{}", redact_query_passwords(&rest));
+    }
+    redact_key_value(url)
+}
+
+/// `user:password@hosts…` → `user:***@hosts…`. The userinfo ends at the last `@` (a password
+/// may hold raw `@`, `/`, `?`, `#`); a `/`, `?` or `#` before the first `:` means that `@`
+/// belongs to the path or query, not to a userinfo.
+fn redact_userinfo(rest: &str) -> String {
+    let Some(at) = rest.rfind('@') else {
+        return rest.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) if !userinfo[..colon].contains(['/', '?', '#']) => {
+            format!("{}:***{}", &userinfo[..colon], &rest[at..])
+        }
+        _ => rest.to_string(),
     }
 }
 
-/// `scheme://[user[:password]@]host.../db?key=value&...`, the user info starting at `start`.
-fn redact_url_form(url: &str, start: usize) -> String {
-    let mut out = url[..start].to_string();
-    let mut rest = &url[start..];
-    if let Some(at) = rest.find('@') {
-        let userinfo = &rest[..at];
-        match userinfo.find(':') {
-            Some(colon) => {
-                out.push_str(&userinfo[..colon]);
-                out.push_str(":***");
-            }
-            None => out.push_str(userinfo),
-        }
-        out.push('@');
-        rest = &rest[at + 1..];
+/// Every `password=` (and `sslpassword=`) query value, up to the next `&` or `#`.
+fn redact_query_passwords(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find("password=") {
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(['&', '#'])
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
-    // The query starts at the first '?' and splits on '&' only (a '?' later is part of a
-    // value). Without a '?' (a stray '@' in the query moved it into the user info) every '&'
-    // still starts a pair.
-    let (head, query) = match rest.find('?').or_else(|| rest.find('&')) {
-        Some(q) => rest.split_at(q + 1),
-        None => (rest, ""),
+    out.push_str(rest);
+    redact_encoded_password_keys(&out)
+}
+
+/// A query key written percent-encoded (`pass%77ord=…`) still names a password.
+fn redact_encoded_password_keys(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_string();
     };
-    out.push_str(head);
-    for piece in query.split_inclusive('&') {
+    let mut out = url[..=q].to_string();
+    for piece in url[q + 1..].split_inclusive('&') {
         let pair = piece.strip_suffix('&').unwrap_or(piece);
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        if percent_encoding::percent_decode_str(key).decode_utf8_lossy() == "password" {
-            out.push_str(key);
-            out.push_str("=***");
-            out.push_str(&piece[pair.len()..]);
-        } else {
-            out.push_str(piece);
+        match pair.split_once('=') {
+            Some((key, _))
+                if key.contains('%')
+                    && percent_encoding::percent_decode_str(key)
+                        .decode_utf8_lossy()
+                        .ends_with("password") =>
+            {
+                out.push_str(key);
+                out.push_str("=***");
+                out.push_str(&piece[pair.len()..]);
+            }
+            _ => out.push_str(piece),
         }
     }
     out
 }
 
-/// `key=value key = 'quoted \' value' ...`, libpq's grammar.
-fn redact_key_value(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let is_space = |i: usize| i < bytes.len() && bytes[i].is_ascii_whitespace();
-    let mut out = String::with_capacity(s.len());
+/// The index after the character at `j`, or after the escaped one when it is `\\`.
+fn skip_char(s: &str, j: usize) -> usize {
+    let mut chars = s[j..].chars();
+    let mut len = chars.next().map_or(1, char::len_utf8);
+    if s.as_bytes()[j] == b'\\' {
+        len += chars.next().map_or(0, char::len_utf8);
+    }
+    j + len
+}
+
+/// libpq's key=value form: `password` (and `sslpassword`) values, quoted (`'a b'`, with `\'`
+/// and `\\` escapes) or not, spaces around `=` allowed.
+fn redact_key_value(conninfo: &str) -> String {
+    let b = conninfo.as_bytes();
+    let mut out = String::with_capacity(conninfo.len());
     let mut i = 0;
-    loop {
-        let space_start = i;
-        while is_space(i) {
+    while i < b.len() {
+        // A keyword: a run of non-space, non-'=' characters.
+        if b[i].is_ascii_whitespace() {
+            out.push(b[i] as char);
             i += 1;
-        }
-        out.push_str(&s[space_start..i]);
-        if i == bytes.len() {
-            return out;
+            continue;
         }
         let key_start = i;
-        while i < bytes.len() && !is_space(i) && bytes[i] != b'=' {
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
             i += 1;
         }
-        let key = &s[key_start..i];
-        while is_space(i) {
-            i += 1;
+        let key = &conninfo[key_start..i];
+        out.push_str(key);
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
         }
-        if i == bytes.len() || bytes[i] != b'=' {
-            // Malformed: tokio-postgres reports it; keep the rest unless it could hold the
-            // password.
-            out.push_str(if s[key_start..].contains("password") {
-                "***"
-            } else {
-                &s[key_start..]
-            });
-            return out;
+        if j >= b.len() || b[j] != b'=' {
+            continue;
         }
-        i += 1;
-        while is_space(i) {
-            i += 1;
+        out.push_str(&conninfo[i..=j]);
+        j += 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            out.push(b[j] as char);
+            j += 1;
         }
-        let value_start = i;
-        let quoted = bytes.get(i) == Some(&b'\'');
-        if quoted {
-            i += 1;
-        }
-        // The grammar's special characters are ASCII: byte steps stay on char boundaries,
-        // except after a backslash, which may escape any character.
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' => {
-                    i += 1;
-                    while i < bytes.len() && !s.is_char_boundary(i + 1) {
-                        i += 1;
-                    }
-                }
-                b'\'' if quoted => {
-                    i += 1;
-                    break;
-                }
-                _ if !quoted && is_space(i) => break,
-                _ => {}
+        // The value.
+        let value_start = j;
+        if j < b.len() && b[j] == b'\'' {
+            j += 1;
+            while j < b.len() && b[j] != b'\'' {
+                j = skip_char(conninfo, j);
             }
-            i += 1;
+            j = (j + 1).min(b.len());
+        } else {
+            while j < b.len() && !b[j].is_ascii_whitespace() {
+                j = skip_char(conninfo, j);
+            }
         }
-        let i_end = i.min(bytes.len());
-        if key == "password" {
-            out.push_str(&s[key_start..value_start]);
+        if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") {
             out.push_str("***");
         } else {
-            out.push_str(&s[key_start..i_end]);
+            out.push_str(&conninfo[value_start..j]);
         }
-        i = i_end;
+        i = j;
     }
+    out
 }
 
 #[cfg(test)]
@@ -330,7 +356,41 @@ mod tests {
             redact_url("host=db password='s3cret"),
             "host=db password=***"
         );
-        assert_eq!(redact_url("host=db password"), "host=db ***");
+    }
+
+    #[test]
+    fn redacts_passwords_with_any_characters() {
+        // Percent-encoded reserved characters and spaces.
+        for pw in ["p%40ss", "p%3Ass", "p%2Fss", "p%3Fss", "p%23ss", "p%20s s"] {
+            let url = format!("postgresql://app:{pw}@db:5432/x?sslmode=disable");
+            let r = redact_url(&url);
+            assert_eq!(r, "postgresql://app:***@db:5432/x?sslmode=disable", "{url}");
+        }
+        // Raw reserved characters (a malformed URL, whose error message prints it).
+        for pw in ["p@ss", "p:ss", "p/ss", "p?ss", "p#ss", "a b", "x@y/z?w#v:u"] {
+            let url = format!("postgresql://app:{pw}@db/x");
+            let r = redact_url(&url);
+            assert_eq!(r, "postgresql://app:***@db/x", "{url}");
+        }
+        // An @ in the query is not a userinfo; query passwords, all of them.
+        assert_eq!(
+            redact_url("postgres://db/x?user=me@corp&password=s3cret&sslpassword=k3y#f"),
+            "postgres://db/x?user=me@corp&password=***&sslpassword=***#f"
+        );
+        // key=value form: quoted values with spaces and escapes, spaces around '='.
+        assert_eq!(
+            redact_url("host=db password='a b' user=x"),
+            "host=db password=*** user=x"
+        );
+        assert_eq!(
+            redact_url(r"host=db password = 'it\'s a @b' user=x"),
+            "host=db password = *** user=x"
+        );
+        assert_eq!(
+            redact_url("password=s3cret sslpassword='k 3y' dbname=d"),
+            "password=*** sslpassword=*** dbname=d"
+        );
+        assert_eq!(redact_url("password='unterminated"), "password=***");
     }
 
     #[test]

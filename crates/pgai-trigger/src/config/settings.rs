@@ -21,7 +21,17 @@
 //!     lease_secs: 30           # PGAI_LEASE_SECS
 //! http:
 //!   address: 127.0.0.1:8760    # PGAI_HTTP
-//!   token: change-me           # PGAI_HTTP_TOKEN (bearer token; unset: no auth)
+//!   token: change-me           # PGAI_HTTP_TOKEN (bearer token; unset: no auth, loopback only;
+//!                              #   set but empty: refused)
+//!   allow_unauthenticated: false  # PGAI_HTTP_ALLOW_UNAUTHENTICATED: true lets a non-loopback
+//!                              #   address serve without a token
+//!   allowed_hosts: []          # PGAI_HTTP_ALLOWED_HOSTS (comma-separated): Host names accepted
+//!                              #   without a token besides localhost and IP literals
+//!   max_waiting: 256           # PGAI_HTTP_MAX_WAITING: concurrent ?wait=true requests
+//!   max_body_bytes: 2097152    # PGAI_HTTP_MAX_BODY_BYTES
+//!   max_inputs: 2048           # PGAI_HTTP_MAX_INPUTS: inputs per /v1/embeddings request
+//!   max_input_bytes: 1048576   # PGAI_HTTP_MAX_INPUT_BYTES: text bytes per /v1/embeddings request
+//!   header_timeout_secs: 10    # PGAI_HTTP_HEADER_TIMEOUT_SECS
 //! embedding:
 //!   provider: local            # PGAI_PROVIDER: local | openai
 //!   model_dir: /opt/minilm     # PGAI_MODEL_DIR (local)
@@ -123,8 +133,24 @@ impl Default for PgaiSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub address: SocketAddr,
-    /// Bearer token every endpoint but /healthz and /readyz requires. Never printed.
+    /// Bearer token every endpoint but /healthz and /readyz requires. Never printed. Unset: no
+    /// authentication (a loopback address only, unless `allow_unauthenticated`); set but empty:
+    /// a configuration error.
     pub token: Option<String>,
+    /// Lets a non-loopback `address` serve without a token (otherwise refused at start).
+    pub allow_unauthenticated: bool,
+    /// Without a token, requests must name `localhost`, an IP literal of the address they
+    /// reached, or one of these names in `Host` (against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// `?wait=true` requests waiting at once; more get 503.
+    pub max_waiting: usize,
+    pub max_body_bytes: usize,
+    /// Inputs of one `/v1/embeddings` request.
+    pub max_inputs: usize,
+    /// Bytes of text of one `/v1/embeddings` request, all inputs together.
+    pub max_input_bytes: usize,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_secs: f64,
 }
 
 impl Default for HttpSettings {
@@ -132,7 +158,73 @@ impl Default for HttpSettings {
         HttpSettings {
             address: SocketAddr::from(defaults::HTTP_ADDRESS),
             token: None,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
+            max_waiting: defaults::HTTP_MAX_WAITING,
+            max_body_bytes: defaults::HTTP_MAX_BODY_BYTES,
+            max_inputs: defaults::HTTP_MAX_INPUTS,
+            max_input_bytes: defaults::HTTP_MAX_INPUT_BYTES,
+            header_timeout_secs: defaults::HTTP_HEADER_TIMEOUT_SECS,
         }
+    }
+}
+
+impl HttpSettings {
+    /// A one-line error for an empty or unusable token, a non-loopback address without a token
+    /// (unless `allow_unauthenticated`), a zero limit.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(t) = &self.token {
+            if t.trim().is_empty() {
+                return Err(Error::Config(
+                    "http.token (PGAI_HTTP_TOKEN) is set but empty: set a token, or unset it to serve without authentication"
+                        .into(),
+                ));
+            }
+            // A header value is trimmed and ASCII: any other token could never match.
+            if t.trim() != t || !t.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                return Err(Error::Config(
+                    "http.token (PGAI_HTTP_TOKEN) must be printable ASCII without leading or trailing spaces"
+                        .into(),
+                ));
+            }
+        } else if !self.address.ip().is_loopback() && !self.allow_unauthenticated {
+            return Err(Error::Config(format!(
+                "http.address {} is not a loopback address and no http.token (PGAI_HTTP_TOKEN) is set: set a token, or set http.allow_unauthenticated: true (PGAI_HTTP_ALLOW_UNAUTHENTICATED=true) to serve without authentication",
+                self.address
+            )));
+        }
+        for (name, v) in [
+            ("max_waiting", self.max_waiting),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_inputs", self.max_inputs),
+            ("max_input_bytes", self.max_input_bytes),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("http.{name} must be at least 1")));
+            }
+        }
+        if !(self.header_timeout_secs.is_finite() && self.header_timeout_secs > 0.0) {
+            return Err(Error::Config(format!(
+                "http.header_timeout_secs must be a number of seconds > 0, got {}",
+                self.header_timeout_secs
+            )));
+        }
+        Ok(())
+    }
+
+    /// The API for `store` with these settings, once [`HttpSettings::validate`] passes.
+    pub fn api(&self, store: std::sync::Arc<crate::Store>) -> Result<crate::http::Api> {
+        self.validate()?;
+        let mut api = crate::http::Api::new(store);
+        api.token = self.token.clone();
+        api.allowed_hosts = self.allowed_hosts.clone();
+        api.limits = crate::http::Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_inputs: self.max_inputs,
+            max_input_bytes: self.max_input_bytes,
+            header_read_timeout: Duration::from_secs_f64(self.header_timeout_secs),
+        };
+        Ok(api)
     }
 }
 
@@ -186,6 +278,10 @@ impl std::fmt::Debug for Settings {
             .field("pgai", &self.database.pgai)
             .field("http_address", &self.http.address)
             .field("http_token", &self.http.token.as_ref().map(|_| "***"))
+            .field(
+                "http_allow_unauthenticated",
+                &self.http.allow_unauthenticated,
+            )
             .field("provider", &self.embedding.provider)
             .finish()
     }
@@ -208,7 +304,7 @@ impl Settings {
             Some(p) => Settings::from_file(&p)?,
             None => Settings::default(),
         };
-        s.apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
+        s.apply_env(|k| std::env::var(k).ok())?;
         Ok(s)
     }
 
@@ -244,8 +340,15 @@ impl Settings {
     }
 
     /// Applies the environment variables of the module documentation; `get` reads one
-    /// (injected so tests need not touch the process environment).
+    /// (injected so tests need not touch the process environment). An empty variable counts as
+    /// unset, except `PGAI_HTTP_TOKEN`: set but empty is refused, never read as "no
+    /// authentication".
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("PGAI_HTTP_TOKEN") {
+            self.http.token = Some(v);
+        }
+        let raw = get;
+        let get = |k: &str| raw(k).filter(|v| !v.is_empty());
         let p = &mut self.database.pgai;
         if let Some(v) = get("DATABASE_URL") {
             self.database.url = Some(v);
@@ -299,10 +402,42 @@ impl Settings {
             parse_num,
         )?;
         env_parse(&get, "PGAI_LEASE_SECS", &mut p.lease_secs, parse_num)?;
-        env_parse(&get, "PGAI_HTTP", &mut self.http.address, parse_num)?;
-        if let Some(v) = get("PGAI_HTTP_TOKEN") {
-            self.http.token = Some(v);
+        let h = &mut self.http;
+        env_parse(&get, "PGAI_HTTP", &mut h.address, parse_num)?;
+        env_parse(
+            &get,
+            "PGAI_HTTP_ALLOW_UNAUTHENTICATED",
+            &mut h.allow_unauthenticated,
+            parse_bool,
+        )?;
+        if let Some(v) = get("PGAI_HTTP_ALLOWED_HOSTS") {
+            h.allowed_hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
         }
+        env_parse(&get, "PGAI_HTTP_MAX_WAITING", &mut h.max_waiting, parse_num)?;
+        env_parse(
+            &get,
+            "PGAI_HTTP_MAX_BODY_BYTES",
+            &mut h.max_body_bytes,
+            parse_num,
+        )?;
+        env_parse(&get, "PGAI_HTTP_MAX_INPUTS", &mut h.max_inputs, parse_num)?;
+        env_parse(
+            &get,
+            "PGAI_HTTP_MAX_INPUT_BYTES",
+            &mut h.max_input_bytes,
+            parse_num,
+        )?;
+        env_parse(
+            &get,
+            "PGAI_HTTP_HEADER_TIMEOUT_SECS",
+            &mut h.header_timeout_secs,
+            parse_num,
+        )?;
         let e = &mut self.embedding;
         env_parse(&get, "PGAI_PROVIDER", &mut e.provider, |s| match s {
             "local" => Ok(ProviderKind::Local),
@@ -586,5 +721,85 @@ mod tests {
         s.embedding.timeout_secs = 1e300;
         let e = s.openai_config().unwrap_err().to_string();
         assert!(e.contains("timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_token_is_an_error_never_no_authentication() {
+        // In the file.
+        let s = Settings::from_yaml("http:\n  token: \"\"\n").unwrap();
+        let e = s.http.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("http.token") && e.contains("empty") && !e.contains('\n'),
+            "{e}"
+        );
+        // In the environment: set but empty is not "unset".
+        let mut s = Settings::default();
+        s.apply_env(|k| (k == "PGAI_HTTP_TOKEN").then(String::new))
+            .unwrap();
+        assert_eq!(s.http.token.as_deref(), Some(""));
+        assert!(s
+            .http
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("PGAI_HTTP_TOKEN"));
+        // Other empty variables still count as unset.
+        let mut s = Settings::default();
+        s.apply_env(|k| (k == "PGAI_BATCH_SIZE").then(String::new))
+            .unwrap();
+        assert_eq!(s.database.pgai.batch_size, defaults::BATCH_SIZE);
+        assert!(s.http.validate().is_ok(), "no token on loopback");
+        // A token a header could never carry.
+        for bad in [" lead", "trail ", "tab\there", "é"] {
+            let mut s = Settings::default();
+            s.http.token = Some(bad.into());
+            assert!(s.http.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_public_address_needs_a_token_or_an_explicit_opt_in() {
+        let mut s = Settings::from_yaml("http:\n  address: 0.0.0.0:8760\n").unwrap();
+        let e = s.http.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("0.0.0.0:8760")
+                && e.contains("allow_unauthenticated")
+                && e.contains("PGAI_HTTP_ALLOW_UNAUTHENTICATED")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        s.http.token = Some("t0ken".into());
+        assert!(s.http.validate().is_ok());
+        let s = Settings::from_yaml(
+            "http:\n  address: \"[::]:8760\"\n  allow_unauthenticated: true\n  allowed_hosts: [embed.internal]\n",
+        )
+        .unwrap();
+        assert!(s.http.validate().is_ok());
+        let mut s = Settings::default();
+        s.apply_env(|k| match k {
+            "PGAI_HTTP" => Some("10.0.0.5:80".into()),
+            "PGAI_HTTP_ALLOW_UNAUTHENTICATED" => Some("true".into()),
+            "PGAI_HTTP_ALLOWED_HOSTS" => Some("a.internal, b.internal".into()),
+            "PGAI_HTTP_MAX_WAITING" => Some("8".into()),
+            "PGAI_HTTP_HEADER_TIMEOUT_SECS" => Some("2.5".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(s.http.validate().is_ok());
+        assert_eq!(s.http.allowed_hosts, ["a.internal", "b.internal"]);
+        assert_eq!((s.http.max_waiting, s.http.header_timeout_secs), (8, 2.5));
+        s.http.max_inputs = 0;
+        assert!(s
+            .http
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_inputs"));
+        // Loopback addresses of both families need nothing.
+        for a in ["127.0.0.1:1", "[::1]:1"] {
+            let mut s = Settings::default();
+            s.http.address = a.parse().unwrap();
+            assert!(s.http.validate().is_ok(), "{a}");
+        }
     }
 }

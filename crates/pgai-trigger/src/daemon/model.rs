@@ -1,8 +1,13 @@
 //! Stage 4 of the flow: the model, on its own OS thread.
 //!
 //! Inference is CPU-bound and takes milliseconds to seconds: it never runs on the async
-//! runtime's threads. One thread owns the model and takes batches from a bounded channel, so a
-//! full channel is back-pressure on the claimer, and replies on a one-shot channel per batch.
+//! runtime's threads. One thread owns the model and takes work from two bounded lanes, and
+//! replies on a one-shot channel per job. The pipeline lane ([`EmbedService::submit`],
+//! [`EmbedService::embed`]) carries the daemon's batches: a full lane is back-pressure on the
+//! claimer. The query lane ([`EmbedService::submit_query`], [`EmbedService::embed_query`])
+//! carries the API's searches and `/v1/embeddings` requests, so a flood of them cannot queue in
+//! front of the daemon's batches: the thread takes pipeline work first, and a waiting query
+//! after at most [`PIPELINE_STREAK`] pipeline jobs in a row (queries are not starved either).
 //! Cloning an [`EmbedService`] shares the same thread (tests run many daemons on one model).
 
 use std::sync::Arc;
@@ -22,7 +27,8 @@ struct Job {
 /// A handle to the model thread.
 #[derive(Clone)]
 pub struct EmbedService {
-    tx: mpsc::Sender<Job>,
+    pipeline: mpsc::Sender<Job>,
+    queries: mpsc::Sender<Job>,
     info: Arc<ModelInfo>,
 }
 
@@ -32,15 +38,61 @@ struct ModelInfo {
     dim: usize,
 }
 
+/// Query jobs waiting for the model before `submit_query` waits for room.
+const QUERY_QUEUE: usize = 64;
+
+/// Pipeline jobs the model thread runs in a row while a query waits: a query waits for at most
+/// this many batches (each at most `batch_size` rows) plus the job in progress.
+pub(crate) const PIPELINE_STREAK: usize = 4;
+
+/// Which lane the model thread takes next: pipeline first, a query after a streak.
+struct Lanes {
+    pipeline: mpsc::Receiver<Job>,
+    queries: mpsc::Receiver<Job>,
+    streak: usize,
+}
+
+impl Lanes {
+    /// The next job, waiting for one; `None` once every sender is gone and both lanes are empty.
+    async fn next(&mut self) -> Option<Job> {
+        if self.streak >= PIPELINE_STREAK {
+            if let Ok(job) = self.queries.try_recv() {
+                self.streak = 0;
+                return Some(job);
+            }
+        }
+        tokio::select! {
+            biased;
+            Some(job) = self.pipeline.recv() => {
+                self.streak += 1;
+                Some(job)
+            }
+            Some(job) = self.queries.recv() => {
+                self.streak = 0;
+                Some(job)
+            }
+            else => None,
+        }
+    }
+}
+
 impl EmbedService {
     /// Starts the model thread; `load` runs on that thread. Returns once the model is loaded, or
-    /// with the loader's error. `queue` bounds the batches waiting for the model.
+    /// with the loader's error. `queue` bounds the pipeline batches waiting for the model.
     pub async fn start<F>(load: F, queue: usize) -> Result<EmbedService, EmbedError>
     where
         F: FnOnce() -> Result<Box<dyn Embedder>, EmbedError> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+        let (pipeline, pipeline_rx) = mpsc::channel::<Job>(queue.max(1));
+        let (queries, queries_rx) = mpsc::channel::<Job>(QUERY_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let spawn_error = |e: std::io::Error| {
+            EmbedError::Inference(format!("cannot start the model thread: {e}"))
+        };
+        // A runtime without I/O or timers, only to wait on both lanes at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(spawn_error)?;
         std::thread::Builder::new()
             .name("pgai-embed".into())
             .spawn(move || {
@@ -54,8 +106,13 @@ impl EmbedService {
                         return;
                     }
                 };
+                let mut lanes = Lanes {
+                    pipeline: pipeline_rx,
+                    queries: queries_rx,
+                    streak: 0,
+                };
                 // Ends when every EmbedService clone is dropped.
-                while let Some(job) = rx.blocking_recv() {
+                while let Some(job) = rt.block_on(lanes.next()) {
                     let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
                     let started = Instant::now();
                     let result =
@@ -64,12 +121,13 @@ impl EmbedService {
                     let _ = job.reply.send(result);
                 }
             })
-            .map_err(|e| EmbedError::Inference(format!("cannot start the model thread: {e}")))?;
+            .map_err(spawn_error)?;
         let (name, dim) = ready_rx
             .await
             .map_err(|_| EmbedError::Inference("the model thread exited while loading".into()))??;
         Ok(EmbedService {
-            tx,
+            pipeline,
+            queries,
             info: Arc::new(ModelInfo { name, dim }),
         })
     }
@@ -94,26 +152,47 @@ impl EmbedService {
         self.info.dim
     }
 
-    /// Queues a batch; waits while the model's queue is full. The returned receiver yields the
-    /// vectors once the model is done, so the caller can claim the next batch meanwhile.
+    /// Queues a pipeline batch; waits while the pipeline lane is full. The returned receiver
+    /// yields the vectors once the model is done, so the caller can claim the next batch
+    /// meanwhile.
     pub async fn submit(&self, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
-        let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { texts, reply }).await {
-            let _ = job.reply.send(Err(EmbedError::Inference(
-                "the model thread has stopped".into(),
-            )));
-        }
-        rx
+        submit_to(&self.pipeline, texts).await
     }
 
-    /// Embeds and waits.
+    /// Embeds a pipeline batch and waits.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        match self.submit(texts).await.await {
-            Ok(r) => r.map(|(v, _)| v),
-            Err(_) => Err(EmbedError::Inference(
-                "the model thread dropped the batch".into(),
-            )),
-        }
+        wait(self.submit(texts).await).await
+    }
+
+    /// Queues a query (search, `/v1/embeddings`): the model thread serves waiting pipeline
+    /// batches first, and a waiting query after at most four of them in a row. Waits while the
+    /// query lane (64 jobs) is full.
+    pub async fn submit_query(&self, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
+        submit_to(&self.queries, texts).await
+    }
+
+    /// Embeds a query and waits.
+    pub async fn embed_query(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        wait(self.submit_query(texts).await).await
+    }
+}
+
+async fn submit_to(lane: &mpsc::Sender<Job>, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
+    let (reply, rx) = oneshot::channel();
+    if let Err(mpsc::error::SendError(job)) = lane.send(Job { texts, reply }).await {
+        let _ = job.reply.send(Err(EmbedError::Inference(
+            "the model thread has stopped".into(),
+        )));
+    }
+    rx
+}
+
+async fn wait(rx: oneshot::Receiver<EmbedResult>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    match rx.await {
+        Ok(r) => r.map(|(v, _)| v),
+        Err(_) => Err(EmbedError::Inference(
+            "the model thread dropped the batch".into(),
+        )),
     }
 }
 
@@ -186,6 +265,74 @@ fn catch_panic<T>(f: impl FnOnce() -> Result<T, EmbedError>) -> Result<T, EmbedE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records the first text of every call; the first call blocks until `gate` opens, so jobs
+    /// pile up in both lanes meanwhile.
+    struct Recorder {
+        calls: Arc<Mutex<Vec<String>>>,
+        started: Option<oneshot::Sender<()>>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Embedder for Recorder {
+        fn model_name(&self) -> &str {
+            "recorder"
+        }
+        fn dim(&self) -> usize {
+            1
+        }
+        fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+            if let Some(started) = self.started.take() {
+                let _ = started.send(());
+            }
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            self.calls.lock().unwrap().push(texts[0].to_string());
+            Ok(texts.iter().map(|_| vec![1.0]).collect())
+        }
+        fn count_tokens(&self, _: &str) -> Result<usize, EmbedError> {
+            Ok(1)
+        }
+    }
+
+    #[tokio::test]
+    async fn pipeline_batches_go_before_queued_queries_but_queries_are_not_starved() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = std::sync::mpsc::channel();
+        let (started_tx, started) = oneshot::channel();
+        let recorder = Recorder {
+            calls: calls.clone(),
+            started: Some(started_tx),
+            gate: Some(gate),
+        };
+        let service = EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), 16)
+            .await
+            .unwrap();
+        // The model is busy with this one while the others queue.
+        let busy = service.submit(vec!["busy".into()]).await;
+        started.await.unwrap();
+        let mut replies = Vec::new();
+        for i in 0..3 {
+            replies.push(service.submit_query(vec![format!("q{i}")]).await);
+        }
+        for i in 0..6 {
+            replies.push(service.submit(vec![format!("p{i}")]).await);
+        }
+        open.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        for r in replies {
+            r.await.unwrap().unwrap();
+        }
+        let order = calls.lock().unwrap().clone();
+        // Pipeline first; one query after each streak of PIPELINE_STREAK pipeline jobs.
+        assert_eq!(
+            order,
+            ["busy", "p0", "p1", "p2", "q0", "p3", "p4", "p5", "q1", "q2"],
+            "{order:?}"
+        );
+    }
 
     #[test]
     fn chunks_respect_the_budget_and_cover_every_row_once() {

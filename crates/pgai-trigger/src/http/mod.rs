@@ -2,22 +2,32 @@
 //! embeddings endpoint.
 //!
 //! `/healthz` and `/readyz` are always open (for probes); every other route requires
-//! `Authorization: Bearer <token>` when a token is configured. Every error is a JSON body
-//! `{"error": {"message", "type", "code"}}` (OpenAI's shape, so its clients show the message).
+//! `Authorization: Bearer <token>` (scheme in any case) when a token is configured. Without a
+//! token, those routes check `Host` against DNS rebinding: `localhost`, a loopback IP, the IP
+//! the connection reached, or a name of [`Api::allowed_hosts`]; any other answers 421. Every
+//! error is a JSON body `{"error": {"message", "type", "code"}}` (OpenAI's shape, so its
+//! clients show the message).
+//!
+//! Requests are bounded ([`Limits`]): body size, inputs and text bytes of one `/v1/embeddings`
+//! request (413 past them), time to send the headers (the connection is closed). The number of
+//! `?wait=true` requests waiting at once is the store's (`Store::with_max_waiting`; 503 past
+//! it).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::defaults;
 use crate::error::one_line;
 use crate::queue::RowState;
 use crate::store::{NewItem, Store, StoreError};
@@ -25,27 +35,95 @@ use crate::store::{NewItem, Store, StoreError};
 mod types;
 use types::*;
 
-/// What the router serves.
+/// Request limits; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body; 413 past it.
+    pub max_body_bytes: usize,
+    /// Most inputs of one `/v1/embeddings` request; 413 past it.
+    pub max_inputs: usize,
+    /// Most bytes of text of one `/v1/embeddings` request, all inputs together; 413 past it.
+    pub max_input_bytes: usize,
+    /// A client must send a request's headers within this time (connections idle between
+    /// requests too); the connection is closed otherwise. Used by [`serve_with`].
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: defaults::HTTP_MAX_BODY_BYTES,
+            max_inputs: defaults::HTTP_MAX_INPUTS,
+            max_input_bytes: defaults::HTTP_MAX_INPUT_BYTES,
+            header_read_timeout: Duration::from_secs_f64(defaults::HTTP_HEADER_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// What the router serves. [`Api::new`] gives the defaults; `HttpSettings::api` builds one from
+/// the settings and refuses unsafe ones (empty token, a non-loopback address without one).
 pub struct Api {
     pub store: Arc<Store>,
-    /// Bearer token for every route but the probes; `None`: no authentication.
+    /// Bearer token for every route but the probes; `None`: no authentication (and the `Host`
+    /// check). An empty token matches nothing.
     pub token: Option<String>,
     /// false: `/metrics` answers 404 (the original design's `enable_metrics`).
     pub enable_metrics: bool,
+    /// Without a token, `Host` names accepted besides `localhost` and IP literals of loopback
+    /// or of the address the connection reached (case-insensitive, without port).
+    pub allowed_hosts: Vec<String>,
+    pub limits: Limits,
+}
+
+impl Api {
+    /// No token, metrics on, default limits.
+    pub fn new(store: Arc<Store>) -> Api {
+        Api {
+            store,
+            token: None,
+            enable_metrics: true,
+            allowed_hosts: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct AppState {
     store: Arc<Store>,
-    token: Option<Arc<str>>,
+    auth: Auth,
     enable_metrics: bool,
+    limits: Arc<Limits>,
+}
+
+#[derive(Clone)]
+enum Auth {
+    /// SHA-256 of the token: comparing digests takes the same time whatever the presented
+    /// token's length and content.
+    Token(Arc<[u8; 32]>),
+    /// An empty configured token: nothing matches (never "no authentication").
+    DenyAll,
+    /// No token: the `Host` check instead.
+    Hosts(Arc<Vec<String>>),
 }
 
 pub fn router(api: Api) -> Router {
+    let auth = match api.token {
+        Some(t) if t.is_empty() => Auth::DenyAll,
+        Some(t) => Auth::Token(Arc::new(digest(t.as_bytes()))),
+        None => Auth::Hosts(Arc::new(
+            api.allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        )),
+    };
+    let body_limit = api.limits.max_body_bytes;
     let state = AppState {
         store: api.store,
-        token: api.token.map(Arc::from),
+        auth,
         enable_metrics: api.enable_metrics,
+        limits: Arc::new(api.limits),
     };
     let protected = Router::new()
         .route("/metrics", get(metrics))
@@ -54,10 +132,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/items/{id}", get(get_item).delete(delete_item))
         .route("/v1/search", post(search))
         .route("/v1/embeddings", post(embeddings))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route(
             "/healthz",
@@ -71,26 +146,125 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Binds `addr` (port 0 picks one) and serves until `shutdown`. Returns the bound address.
+/// Binds `addr` (port 0 picks one) and serves until `shutdown`, with the default header-read
+/// timeout. Returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(
+        addr,
+        router,
+        shutdown,
+        Limits::default().header_read_timeout,
+    )
+    .await
+}
+
+/// How long a stopping server waits for requests in progress before it closes their
+/// connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The address a connection reached, for the `Host` check.
+#[derive(Clone, Copy)]
+struct LocalAddr(SocketAddr);
+
+/// [`serve`] with a header-read timeout: a client that opens a connection and sends its headers
+/// slowly (or not at all) is cut off after `header_read_timeout`. On `shutdown` it stops
+/// accepting, lets requests in progress finish for up to [`SHUTDOWN_GRACE`], then closes what
+/// is left; the task ends then.
+pub async fn serve_with(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    header_read_timeout: Duration,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, router, shutdown, header_read_timeout));
     Ok((bound, task))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    header_read_timeout: Duration,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    let closing = CancellationToken::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(connection(
+                        stream,
+                        router.clone(),
+                        closing.clone(),
+                        header_read_timeout,
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors, mostly: let some connections end first.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    closing.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "closing HTTP connections still busy after the shutdown grace period"
+        );
+        connections.abort_all();
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    closing: CancellationToken,
+    header_read_timeout: Duration,
+) {
+    use tower_service::Service;
+    let local = stream.local_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(local) = local {
+            req.extensions_mut().insert(LocalAddr(local));
+        }
+        // A Router is always ready.
+        router.clone().call(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// An error answer: status and a JSON body.
@@ -129,7 +303,7 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     /// 400 for malformed JSON, 422 for a body of the wrong shape (missing or unknown field),
-    /// 415 without `Content-Type: application/json`.
+    /// 415 without `Content-Type: application/json`, 413 for a body over the limit.
     fn from(r: JsonRejection) -> ApiError {
         ApiError::new(
             r.status(),
@@ -137,6 +311,26 @@ impl From<JsonRejection> for ApiError {
             one_line(&r.body_text()),
         )
     }
+}
+
+/// The body, or the rejection as an error that names the body limit when it is the cause.
+fn body<T>(s: &AppState, r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match r {
+        Ok(Json(v)) => Ok(v),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(format!(
+            "request body larger than {} bytes (http.max_body_bytes)",
+            s.limits.max_body_bytes
+        ))),
+        Err(r) => Err(r.into()),
+    }
+}
+
+fn too_large(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        message,
+    )
 }
 
 impl From<QueryRejection> for ApiError {
@@ -157,6 +351,12 @@ impl From<StoreError> for ApiError {
             StoreError::Failed { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "embedding_failed", msg)
             }
+            StoreError::Busy(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg)
+            }
+            StoreError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg)
+            }
             StoreError::Core(e) => e.into(),
         }
     }
@@ -164,6 +364,13 @@ impl From<StoreError> for ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> ApiError {
+        // Data exceptions (bad encoding, value out of range…): the request's data, not the
+        // server. The store refuses what it knows of first; this is the net behind it.
+        if let crate::Error::Db(db) = &e {
+            if db.code().is_some_and(|c| c.code().starts_with("22")) {
+                return ApiError::bad_request(e.to_string());
+            }
+        }
         let status = if e.is_transient() {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -173,41 +380,105 @@ impl From<crate::Error> for ApiError {
     }
 }
 
-/// Constant-time comparison of the presented token with ours.
-async fn require_token(
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(bytes));
+    out
+}
+
+/// Equal digests, in time independent of where they differ.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme in any case (RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether a request without a token may be served, from its `Host`: a browser led to us by DNS
+/// rebinding names the attacker's host there. A request without `Host` is no browser's.
+fn host_allowed(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip.to_string(),
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name.to_string()
+            }
+            _ => host.clone(),
+        }
+    };
+    if name == "localhost" || allowed.contains(&name) {
+        return true;
+    }
+    match name.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            ip.is_loopback() || local.is_some_and(|l| l.to_canonical() == ip)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The token when one is configured, the `Host` check otherwise.
+async fn guard(
     State(s): State<AppState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &s.token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
-        let ok = presented.len() == token.len()
-            && presented
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !ok {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "missing or wrong bearer token",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
+    let hosts = match &s.auth {
+        Auth::Token(want) => {
+            let presented = bearer(&headers).unwrap_or("");
+            if digests_equal(&digest(presented.as_bytes()), want) {
+                return next.run(req).await;
+            }
+            return unauthorized();
         }
+        Auth::DenyAll => return unauthorized(),
+        Auth::Hosts(hosts) => hosts,
+    };
+    let host = headers
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let local = req.extensions().get::<LocalAddr>().map(|l| l.0.ip());
+    match host {
+        Some(h) if !host_allowed(&h, local, hosts) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request_error",
+            format!(
+                "Host {:?} is not served without a token: use localhost or an IP address, list the name in http.allowed_hosts (PGAI_HTTP_ALLOWED_HOSTS), or set http.token",
+                one_line(&h)
+            ),
+        )
+        .into_response(),
+        _ => next.run(req).await,
     }
-    next.run(req).await
+}
+
+fn unauthorized() -> Response {
+    let mut r = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "missing or wrong bearer token",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 /// 200 when the database answers and this process's worker (and listener, unless polling) are
@@ -276,10 +547,10 @@ async fn stats(State(s): State<AppState>) -> Result<Json<crate::store::Processin
 async fn add_item(
     State(s): State<AppState>,
     q: Result<Query<WaitQuery>, QueryRejection>,
-    body: Result<Json<NewItem>, JsonRejection>,
+    item: Result<Json<NewItem>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let Json(item) = body?;
+    let item = body(&s, item)?;
     if q.wait {
         let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(600_000));
         let item = s.store.add_and_wait(item, timeout).await?;
@@ -325,32 +596,42 @@ async fn delete_item(
 
 async fn search(
     State(s): State<AppState>,
-    body: Result<Json<SearchRequest>, JsonRejection>,
+    request: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let Json(r) = body?;
+    let r = body(&s, request)?;
     let results = s.store.search(&r.query, r.k, r.filter.as_ref()).await?;
     Ok(Json(SearchResponse { results }))
 }
 
-/// Most inputs in one request (OpenAI's limit).
-const MAX_INPUTS: usize = 2048;
-
 /// OpenAI's `POST /v1/embeddings`: `input` a string or a list of strings, `encoding_format`
-/// `float` (default) or `base64`. Token-id inputs are refused. `usage` counts are not computed
-/// (reported as 0). `model` may name anything: the answer says which model served it.
+/// `float` (default) or `base64`. Token-id inputs and unknown fields are refused. `usage`
+/// counts are not computed (reported as 0). `model` may name anything: the answer says which
+/// model served it. At most `max_inputs` inputs and `max_input_bytes` bytes of text (413).
 async fn embeddings(
     State(s): State<AppState>,
-    body: Result<Json<EmbeddingsRequest>, JsonRejection>,
+    request: Result<Json<EmbeddingsRequest>, JsonRejection>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    let Json(r) = body?;
+    let r = body(&s, request)?;
     let texts = match r.input {
         EmbeddingsInput::One(t) => vec![t],
         EmbeddingsInput::Many(v) => v,
     };
-    if texts.is_empty() || texts.len() > MAX_INPUTS {
-        return Err(ApiError::bad_request(format!(
-            "input must hold 1 to {MAX_INPUTS} strings, got {}",
-            texts.len()
+    let limits = &s.limits;
+    if texts.is_empty() {
+        return Err(ApiError::bad_request("input must hold at least one string"));
+    }
+    if texts.len() > limits.max_inputs {
+        return Err(too_large(format!(
+            "input holds {} strings; at most {} per request (http.max_inputs)",
+            texts.len(),
+            limits.max_inputs
+        )));
+    }
+    let bytes: usize = texts.iter().map(String::len).sum();
+    if bytes > limits.max_input_bytes {
+        return Err(too_large(format!(
+            "input holds {bytes} bytes of text; at most {} per request (http.max_input_bytes)",
+            limits.max_input_bytes
         )));
     }
     let base64 = match r.encoding_format.as_deref() {

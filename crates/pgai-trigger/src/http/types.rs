@@ -32,7 +32,9 @@ pub fn default_k() -> usize {
     10
 }
 
+/// OpenAI's request; an unknown field is refused (422) like on the other endpoints.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
     pub input: EmbeddingsInput,
     pub model: Option<String>,

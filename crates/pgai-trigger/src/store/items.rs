@@ -5,10 +5,12 @@ use std::time::Duration;
 use pgvector::Vector;
 use tokio_postgres::Client;
 
-use super::{new_id, Item, NewItem, Store, StoreError, StoreResult};
+use super::wait::Waiter;
+use super::{
+    check_id, check_json, check_text, new_id, Item, NewItem, Store, StoreError, StoreResult,
+};
 use crate::error::Error;
-use crate::pg::Notifications;
-use crate::queue::{RowState, CHANNEL_READY};
+use crate::queue::RowState;
 
 impl Store {
     /// Inserts (or updates) a row; returns its id. The daemon embeds it.
@@ -17,19 +19,24 @@ impl Store {
         self.insert(&db, item).await
     }
 
-    async fn insert(&self, db: &Client, item: NewItem) -> StoreResult<String> {
-        let id = match item.id {
-            Some(id) if id.is_empty() => {
-                return Err(StoreError::Invalid("id must not be empty".into()))
-            }
-            Some(id) => id,
-            None => new_id(),
-        };
+    /// Refuses what PostgreSQL would refuse (a client mistake must never be a database error).
+    fn check_item(item: &NewItem) -> StoreResult<()> {
+        if let Some(id) = &item.id {
+            check_id(id)?;
+        }
+        check_text("content", &item.content)?;
         if let Some(m) = &item.metadata {
             if !m.is_object() {
                 return Err(StoreError::Invalid("metadata must be a JSON object".into()));
             }
+            check_json("metadata", m)?;
         }
+        Ok(())
+    }
+
+    async fn insert(&self, db: &Client, item: NewItem) -> StoreResult<String> {
+        Self::check_item(&item)?;
+        let id = item.id.unwrap_or_else(new_id);
         let t = self.config.table.sql();
         let row = db
             .query_one(
@@ -47,26 +54,27 @@ impl Store {
     }
 
     /// Adds a row and returns once its vector is written (or it failed, or `timeout` passed).
-    /// Listens on `embedding_ready` before inserting, so the notification cannot be missed;
-    /// the row itself is checked too, every 500 ms, so a lost notification costs little.
-    pub async fn add_and_wait(&self, item: NewItem, timeout: Duration) -> StoreResult<Item> {
-        let mut ready = self.listen_ready().await?;
+    /// The wait is registered with the store's one `embedding_ready` listener before the
+    /// insert, so the notification is not missed; the row itself is checked too, every 500 ms,
+    /// so a lost notification costs little. Fails with [`StoreError::Busy`] when
+    /// `max_waiting` waits are already in progress, [`StoreError::ShuttingDown`] when the store
+    /// closes meanwhile.
+    pub async fn add_and_wait(&self, mut item: NewItem, timeout: Duration) -> StoreResult<Item> {
+        Self::check_item(&item)?;
+        let id = item.id.get_or_insert_with(new_id).clone();
+        let waiter = self.ready.register(&id)?;
         let id = self.add(item).await?;
-        self.wait_with(&id, timeout, &mut ready).await
+        self.wait_with(&id, timeout, &waiter).await
     }
 
     /// Waits until row `id` is embedded, as [`Store::add_and_wait`].
     pub async fn wait_embedded(&self, id: &str, timeout: Duration) -> StoreResult<Item> {
-        let mut ready = self.listen_ready().await?;
-        self.wait_with(id, timeout, &mut ready).await
+        check_text("id", id)?;
+        let waiter = self.ready.register(id)?;
+        self.wait_with(id, timeout, &waiter).await
     }
 
-    async fn wait_with(
-        &self,
-        id: &str,
-        timeout: Duration,
-        ready: &mut Notifications,
-    ) -> StoreResult<Item> {
+    async fn wait_with(&self, id: &str, timeout: Duration, waiter: &Waiter) -> StoreResult<Item> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let item = self
@@ -88,34 +96,16 @@ impl Store {
                 }
                 RowState::Pending | RowState::Processing => {}
             }
-            let tick = tokio::time::sleep(Duration::from_millis(500));
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    n = ready.recv() => match n {
-                        Ok(n) if n.payload == id || n.payload.is_empty() => break,
-                        Ok(_) => continue,
-                        // Listener connection gone: fall back to the tick.
-                        Err(_) => { (&mut tick).await; break }
-                    },
-                    _ = &mut tick => break,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(StoreError::Timeout { id: id.to_string(), after: timeout });
-                    }
+            tokio::select! {
+                _ = waiter.notified() => {}
+                // Also covers a lost notification and a listener still connecting.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(StoreError::Timeout { id: id.to_string(), after: timeout });
                 }
+                _ = waiter.closing() => return Err(StoreError::ShuttingDown),
             }
         }
-    }
-
-    /// A dedicated connection LISTENing on `embedding_ready`.
-    async fn listen_ready(&self) -> crate::Result<Notifications> {
-        Notifications::listen(
-            &self.config.database_url,
-            "pgai-trigger-client wait",
-            &[CHANNEL_READY],
-            Duration::from_secs(10),
-        )
-        .await
     }
 
     /// The row `id`, or `None`.
@@ -129,6 +119,8 @@ impl Store {
     }
 
     async fn get_with(&self, id: &str, with_embedding: bool) -> StoreResult<Option<Item>> {
+        // Reads take any id a row can have (rows written in SQL may have longer ones).
+        check_text("id", id)?;
         let db = self.pool.get().await?;
         let t = self.config.table.sql();
         let row = db
@@ -174,6 +166,8 @@ impl Store {
 
     /// Deletes row `id`; false when there was none.
     pub async fn delete(&self, id: &str) -> StoreResult<bool> {
+        // Reads take any id a row can have (rows written in SQL may have longer ones).
+        check_text("id", id)?;
         let db = self.pool.get().await?;
         let n = db
             .execute(

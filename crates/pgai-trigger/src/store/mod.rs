@@ -5,12 +5,15 @@
 //! the same model thread as the daemon's batches, loaded on first use.
 //!
 //! - items — add, get, delete, wait for a row's vector;
-//! - search — nearest rows, and embeddings of any text;
+//! - wait — the one LISTEN connection every wait of the store shares;
+//! - search — nearest rows, and embeddings of any text (on the model's query lane, behind the
+//!   daemon's batches);
 //! - stats — counts by [`RowState`], latency, throughput, health, `retry-failed`.
 
 mod items;
 mod search;
 mod stats;
+mod wait;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,6 +50,12 @@ pub enum StoreError {
     /// The row ran out of attempts; `error` is the last one, as kept on the row.
     #[error("item {id:?} failed to embed: {error}")]
     Failed { id: String, error: String },
+    /// Too many waits at once (the message says which limit); retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The store is closing: waits end, new ones are refused.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -226,7 +235,7 @@ impl StoreFactory {
         let mut store = Store::new(config);
         store.auto_embedding = settings.database.pgai.auto_embedding;
         store.loader = Some(settings.clone());
-        Ok(store)
+        Ok(store.with_max_waiting(settings.http.max_waiting))
     }
 }
 
@@ -261,6 +270,8 @@ pub struct Store {
     loader: Option<Settings>,
     daemon: Mutex<Option<Daemon>>,
     monitor: OnceLock<Arc<Monitor>>,
+    /// Every wait's LISTEN connection (one per store).
+    ready: wait::ReadyHub,
 }
 
 impl Store {
@@ -268,7 +279,12 @@ impl Store {
     /// first use; see [`Store::with_embedder`].
     pub fn new(config: Config) -> Store {
         let pool = Pool::new(&config.database_url, "pgai-trigger-client", POOL_SIZE);
+        let ready = wait::ReadyHub::new(
+            &config.database_url,
+            crate::config::defaults::HTTP_MAX_WAITING,
+        );
         Store {
+            ready,
             config: Arc::new(config),
             pool,
             auto_embedding: true,
@@ -295,6 +311,24 @@ impl Store {
     pub fn with_auto_embedding(mut self, on: bool) -> Store {
         self.auto_embedding = on;
         self
+    }
+
+    /// Most waits ([`Store::add_and_wait`], [`Store::wait_embedded`], `?wait=true`) at once;
+    /// more fail with [`StoreError::Busy`]. Default [`defaults::HTTP_MAX_WAITING`](crate::defaults).
+    pub fn with_max_waiting(mut self, n: usize) -> Store {
+        self.ready = wait::ReadyHub::new(&self.config.database_url, n);
+        self
+    }
+
+    /// Waits in progress.
+    pub fn waiting(&self) -> usize {
+        self.ready.waiting()
+    }
+
+    /// Ends every wait in progress with [`StoreError::ShuttingDown`] and refuses new ones (a
+    /// server stopping calls it first, so no request holds the shutdown up).
+    pub fn cancel_waits(&self) {
+        self.ready.close();
     }
 
     pub fn config(&self) -> &Config {
@@ -354,8 +388,10 @@ impl Store {
         Ok(())
     }
 
-    /// Stops the store's daemon, finishing its batches in flight.
+    /// Ends the waits in progress ([`Store::cancel_waits`]) and stops the store's daemon,
+    /// finishing its batches in flight.
     pub async fn close(&self) {
+        self.cancel_waits();
         if let Some(d) = self.daemon.lock().await.take() {
             d.stop().await;
         }
@@ -365,6 +401,47 @@ impl Store {
 /// Connections the store opens at most.
 const POOL_SIZE: usize = 8;
 
+/// Longest id, in bytes: a btree entry must fit in a third of a page (about 2,700 bytes), and
+/// ids travel in `embedding_ready` payloads.
+pub(crate) const MAX_ID_BYTES: usize = 1024;
+
+/// `id` as the table accepts it, or why not (empty, too long, NUL).
+fn check_id(id: &str) -> StoreResult<()> {
+    if id.is_empty() {
+        return Err(StoreError::Invalid("id must not be empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "id is {} bytes long; at most {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    check_text("id", id)
+}
+
+/// PostgreSQL's text cannot hold NUL: refuse it here rather than fail in the database.
+fn check_text(what: &str, s: &str) -> StoreResult<()> {
+    if s.contains('\0') {
+        return Err(StoreError::Invalid(format!(
+            "{what} must not contain NUL characters (\\u0000)"
+        )));
+    }
+    Ok(())
+}
+
+/// jsonb cannot hold `\u0000` either, in keys or in strings.
+fn check_json(what: &str, v: &Value) -> StoreResult<()> {
+    match v {
+        Value::String(s) => check_text(what, s),
+        Value::Array(a) => a.iter().try_for_each(|v| check_json(what, v)),
+        Value::Object(o) => o.iter().try_for_each(|(k, v)| {
+            check_text(what, k)?;
+            check_json(what, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// 32 hex digits.
 fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -372,6 +449,24 @@ fn new_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{check_id, check_json, StoreError, MAX_ID_BYTES};
+    use serde_json::json;
+
+    #[test]
+    fn ids_and_texts_postgresql_would_refuse_are_invalid() {
+        assert!(check_id("ok").is_ok());
+        assert!(check_id(&"x".repeat(MAX_ID_BYTES)).is_ok());
+        for bad in [String::new(), "x".repeat(MAX_ID_BYTES + 1), "a\0b".into()] {
+            assert!(
+                matches!(check_id(&bad), Err(StoreError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_json("metadata", &json!({"a": ["b", {"c": 1}]})).is_ok());
+        assert!(check_json("metadata", &json!({"a": ["b", {"c": "\u{0}"}]})).is_err());
+        assert!(check_json("metadata", &json!({"a\u{0}": 1})).is_err());
+    }
+
     #[test]
     fn ids_are_32_hex_digits() {
         let a = super::new_id();

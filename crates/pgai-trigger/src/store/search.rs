@@ -3,15 +3,20 @@
 use pgvector::Vector;
 use serde_json::Value;
 
-use super::{SearchHit, Store, StoreError, StoreResult};
+use super::{check_json, SearchHit, Store, StoreError, StoreResult};
+
+/// Texts per model job of [`Store::embed`]: between two jobs the model takes the daemon's
+/// waiting batches, so a large request delays the pipeline by one job at most.
+const QUERY_CHUNK: usize = 32;
 
 impl Store {
-    /// Embeds texts with the store's model (batches of 32).
+    /// Embeds texts with the store's model, on its query lane (behind the daemon's batches),
+    /// in jobs of 32.
     pub async fn embed(&self, texts: Vec<String>) -> StoreResult<Vec<Vec<f32>>> {
         let embed = self.embedder().await?;
         let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(32) {
-            out.extend(embed.embed(chunk.to_vec()).await?);
+        for chunk in texts.chunks(QUERY_CHUNK) {
+            out.extend(embed.embed_query(chunk.to_vec()).await?);
         }
         Ok(out)
     }
@@ -33,6 +38,7 @@ impl Store {
             if !f.is_object() {
                 return Err(StoreError::Invalid("filter must be a JSON object".into()));
             }
+            check_json("filter", f)?;
         }
         let v = self.embed(vec![query.to_string()]).await?.remove(0);
         let db = self.pool.get().await?;
