@@ -176,7 +176,8 @@ pub enum Started {
     /// No server was running on the data directory; one was started.
     Fresh,
     /// A server left running on this data directory (say by a killed `up`) was found and adopted;
-    /// if it listened on another port it was restarted on ours.
+    /// if it listened on another port, or let clients in without a password (an older
+    /// version's `trust`), it was restarted on ours, with password authentication.
     Reused,
 }
 
@@ -549,10 +550,7 @@ impl Cluster {
         if converted.is_none() && !password_missing {
             return Ok(None);
         }
-        Ok(Some(AuthFix {
-            hba: converted,
-            password_missing,
-        }))
+        Ok(Some(AuthFix { hba: converted }))
     }
 
     /// Sets the superuser's password (from the password file, generated if missing) with the
@@ -560,10 +558,15 @@ impl Cluster {
     /// then starts the server. A server found running is stopped first and counts as reused.
     fn secure_auth(&self, fix: AuthFix) -> Result<Started, ClusterError> {
         let hba_path = self.cfg.data_dir.join("pg_hba.conf");
-        tracing::warn!(data_dir = %self.cfg.data_dir.display(),
-            trust_lines = fix.hba.is_some(), password_file_missing = fix.password_missing,
-            password_file = %self.password_file().display(),
-            "this cluster let connections in without a password; setting the superuser's password and requiring it from now on");
+        if fix.hba.is_some() {
+            tracing::warn!(data_dir = %self.cfg.data_dir.display(),
+                password_file = %self.password_file().display(),
+                "this cluster (made by an older version) let any local user in as superuser without a password (trust); setting a password and requiring it from now on");
+        } else {
+            tracing::warn!(data_dir = %self.cfg.data_dir.display(),
+                password_file = %self.password_file().display(),
+                "the superuser's password file is missing; setting a new password");
+        }
         let was_running = match self.live_postmaster() {
             Some(_) => {
                 self.pg_ctl_stop("fast")?;
@@ -948,7 +951,6 @@ impl Cluster {
 struct AuthFix {
     /// `pg_hba.conf` with its `trust` lines converted, if it had any.
     hba: Option<String>,
-    password_missing: bool,
 }
 
 /// A file deleted when dropped.
