@@ -36,7 +36,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start an embedded PostgreSQL with pgvector, apply the schema and run the daemon in the
-    /// foreground. Prints DATABASE_URL=… and HTTP=… lines. Ctrl-C / SIGTERM stops both.
+    /// foreground. Prints DATABASE_URL=… (with the superuser's generated password, kept in
+    /// <data-dir>.password, mode 0600) and HTTP=… lines. Ctrl-C / SIGTERM stops both.
     Up(UpArgs),
     /// Run the daemon (and the HTTP API) against an existing PostgreSQL with pgvector and
     /// `db init` applied.
@@ -93,7 +94,8 @@ struct SchemaArgs {
 
 #[derive(Args)]
 struct UpArgs {
-    /// Data directory of the embedded cluster (created on first run, reused after).
+    /// Data directory of the embedded cluster (created on first run, reused after). The
+    /// superuser's password is kept next to it, in <data-dir>.password (mode 0600).
     #[arg(long, env = "PGAI_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Port of the embedded PostgreSQL (listens on 127.0.0.1 only).
@@ -312,8 +314,9 @@ async fn up(args: UpArgs, mut settings: Settings) -> Result<()> {
         let cluster = Cluster::new(cfg)?;
         if cluster.init()? {
             eprintln!(
-                "initialised a new cluster in {}",
-                cluster.data_dir().display()
+                "initialised a new cluster in {} (superuser password in {})",
+                cluster.data_dir().display(),
+                cluster.password_file().display()
             );
         }
         match cluster.start()? {

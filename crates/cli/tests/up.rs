@@ -1,10 +1,12 @@
 //! `pgai-trigger up` — what `make run` runs — as a user meets it: it prints DATABASE_URL= and
 //! HTTP= lines, a row inserted with any client gets its vector, SIGTERM stops daemon and
-//! cluster, and a cluster left running by a killed run is reused, not corrupted.
+//! cluster, and a cluster left running by a killed run is reused, not corrupted. The cluster
+//! wants the password the URL carries, and the logs never show it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgai_testkit::{free_port, wait_for, TestDir};
@@ -16,6 +18,25 @@ struct Up {
     child: Child,
     database_url: String,
     http: String,
+    /// Everything `up` wrote on stderr so far (its log, at info level).
+    stderr: Arc<Mutex<String>>,
+    /// Says when stderr reached its end.
+    stderr_done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Up {
+    /// Waits for `up` to exit and returns its status; panics if its log showed `secret`.
+    fn wait_checking_log(&mut self, secret: &str) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        // The cluster's server does not inherit the pipe: it ends with `up`.
+        self.stderr_done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("up's stderr to end");
+        let log = self.stderr.lock().unwrap().clone();
+        assert!(!log.is_empty(), "up logged nothing");
+        assert!(!log.contains(secret), "up's log shows the password:\n{log}");
+        status
+    }
 }
 
 /// Starts `up` and reads its DATABASE_URL= and HTTP= lines.
@@ -26,12 +47,26 @@ fn start_up(data_dir: &Path, pg_port: u16) -> Up {
         .args(["--pg-port", &pg_port.to_string(), "--http", "127.0.0.1:0"])
         .env_remove("PGAI_CONFIG")
         .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,ort=warn")
         .current_dir("/tmp")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawning pgai-trigger up");
+    // Echoed for the test's output, and kept to check what the log shows.
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = stderr.clone();
+    let (done, stderr_done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err_lines.map_while(Result::ok) {
+            eprintln!("up: {line}");
+            let mut kept = kept.lock().unwrap();
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+        let _ = done.send(());
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut database_url, mut http) = (None, None);
     let started = Instant::now();
@@ -56,6 +91,8 @@ fn start_up(data_dir: &Path, pg_port: u16) -> Up {
         child,
         database_url: database_url.unwrap(),
         http: http.unwrap(),
+        stderr,
+        stderr_done,
     }
 }
 
@@ -103,20 +140,44 @@ async fn up_serves_stops_on_sigterm_and_reuses_a_cluster_left_running() {
         "{}",
         up.database_url
     );
+    // The URL carries the generated password, kept next to the data directory for its owner.
+    let password_file = dir.path().join("data.password");
+    let password = std::fs::read_to_string(&password_file).expect("data.password");
+    let password = password.trim_end();
+    assert!(password.len() >= 32, "{password:?}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&password_file).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        up.database_url.starts_with(&format!(
+            "postgresql://postgres:{password}@127.0.0.1:{port}/"
+        )),
+        "{}",
+        up.database_url
+    );
+    let no_password = up.database_url.replacen(&format!(":{password}@"), "@", 1);
+    let Err(refused) = pgai_trigger::connect(&no_password, "up test").await else {
+        panic!("a connection without the password must be refused");
+    };
+    assert!(format!("{refused:?}").contains("password"), "{refused:?}");
     let v = insert_and_wait(&up.database_url, "m1", "I had coffee with Maria").await;
     assert_eq!(v.len(), 384);
     let health = http_get(&format!("{}/healthz", up.http));
     assert!(health.contains("ok"), "{health}");
     signal(&up.child, libc::SIGTERM);
-    let status = up.child.wait().unwrap();
+    let status = up.wait_checking_log(password);
     assert!(status.success(), "up exits 0 on SIGTERM: {status:?}");
     assert!(
         !data.join("postmaster.pid").exists(),
         "the cluster was stopped"
     );
 
-    // Second run reuses the data; then it is killed: the cluster stays up, orphaned.
+    // Second run reuses the data (and the password); then it is killed: the cluster stays
+    // up, orphaned.
     let mut up = start_up(&data, port);
+    assert!(up.database_url.contains(password), "{}", up.database_url);
     insert_and_wait(&up.database_url, "m2", "second run").await;
     signal(&up.child, libc::SIGKILL);
     up.child.wait().unwrap();
@@ -142,7 +203,7 @@ async fn up_serves_stops_on_sigterm_and_reuses_a_cluster_left_running() {
     assert_eq!(done, 3);
     drop(db);
     signal(&up.child, libc::SIGTERM);
-    assert!(up.child.wait().unwrap().success());
+    assert!(up.wait_checking_log(password).success());
     assert!(!data.join("postmaster.pid").exists());
 }
 

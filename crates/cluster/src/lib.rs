@@ -11,15 +11,22 @@
 //! is owned by that user, and every directory on the way to the data directory and to the
 //! binaries must let that user through (`/root` is mode 0700 on many machines). Such problems are
 //! reported up front as one-line errors with the fix, not as a PostgreSQL error deep in a log.
+//!
+//! Every connection needs a password (SCRAM): with `trust`, any local user could connect as
+//! superuser and, through `COPY … TO PROGRAM`, run commands as the cluster's OS user. The
+//! superuser's password is generated at `initdb` and kept next to the data directory
+//! ([`Cluster::password_file`], mode 0600); [`Cluster::url`] carries it. A data directory made
+//! by an older version with `trust` is converted on [`Cluster::start`].
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long `pg_ctl` may wait for a start or stop, in seconds. Generous: CI machines run many
@@ -28,6 +35,18 @@ const PG_CTL_TIMEOUT_S: &str = "120";
 
 /// How long we wait for the processes of a crashed server to go away before starting anew.
 const ORPHAN_WAIT: Duration = Duration::from_secs(15);
+
+/// The cluster's superuser, the only role we create.
+const SUPERUSER: &str = "postgres";
+
+/// The authentication method of every `pg_hba.conf` line we write or convert.
+const AUTH_METHOD: &str = "scram-sha-256";
+
+/// Characters of a generated password: alphanumeric, so it survives any shell or config file.
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Length of a generated password: 32 of 62 symbols, about 190 bits.
+const PASSWORD_LEN: usize = 32;
 
 /// Where a cluster lives and how it listens.
 #[derive(Debug, Clone)]
@@ -157,7 +176,8 @@ pub enum Started {
     /// No server was running on the data directory; one was started.
     Fresh,
     /// A server left running on this data directory (say by a killed `up`) was found and adopted;
-    /// if it listened on another port it was restarted on ours.
+    /// if it listened on another port, or let clients in without a password (an older
+    /// version's `trust`), it was restarted on ours, with password authentication.
     Reused,
 }
 
@@ -256,6 +276,8 @@ pub struct Cluster {
     cfg: ClusterConfig,
     /// Set when this process is root: the user the PostgreSQL programs run as.
     run_as: Option<RunAs>,
+    /// The superuser's password once read from (or written to) the password file.
+    password: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -283,7 +305,11 @@ impl Cluster {
                 who.check_reachable(&cfg.pg_dir.join(dir))?;
             }
         }
-        let cluster = Cluster { cfg, run_as };
+        let cluster = Cluster {
+            cfg,
+            run_as,
+            password: Mutex::new(None),
+        };
         // Catches a half-unpacked installation or a missing shared library up front.
         let mut version = cluster.command("initdb");
         version.arg("--version");
@@ -299,21 +325,25 @@ impl Cluster {
     }
 
     /// Runs `initdb` if the data directory holds no cluster yet; true if it ran. Superuser
-    /// `postgres`, trust authentication (the server listens on 127.0.0.1 only), UTF-8.
+    /// `postgres` with the password of [`Self::password_file`] (generated unless the file
+    /// already holds one), password (SCRAM) authentication for every connection, UTF-8.
     pub fn init(&self) -> Result<bool, ClusterError> {
         if self.is_initialized() {
             return Ok(false);
         }
         self.prepare_data_dir()?;
+        let password = self.load_or_create_password()?;
+        // initdb runs as the server's user, who may not read our 0600 file: it gets a copy of
+        // its own for the few milliseconds initdb needs it.
+        let pwfile = self.private_copy_for_server("initdb-password", &password)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D").arg(&self.cfg.data_dir);
-        cmd.args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-instructions",
-        ]);
+        cmd.args(["-U", SUPERUSER])
+            .arg(format!("--auth-host={AUTH_METHOD}"))
+            .arg(format!("--auth-local={AUTH_METHOD}"))
+            .arg("--pwfile")
+            .arg(pwfile.path());
+        cmd.args(["--encoding=UTF8", "--no-instructions"]);
         // The builtin provider's C.UTF-8: Unicode-aware, independent of the OS's locales.
         cmd.args([
             "--locale-provider=builtin",
@@ -324,10 +354,13 @@ impl Cluster {
             cmd.arg("--no-sync");
         }
         let out = self.output("initdb", cmd)?;
+        drop(pwfile);
         if !out.status.success() {
-            return Err(self.failed("initdb", tail(&combined(&out), 12)));
+            let detail = redact(&tail(&combined(&out), 12), &password);
+            return Err(self.failed("initdb", detail));
         }
-        tracing::info!(data_dir = %self.cfg.data_dir.display(), "initialised PostgreSQL cluster");
+        tracing::info!(data_dir = %self.cfg.data_dir.display(),
+            password_file = %self.password_file().display(), "initialised PostgreSQL cluster");
         Ok(true)
     }
 
@@ -342,6 +375,9 @@ impl Cluster {
             return Err(ClusterError::NotInitialized {
                 data_dir: self.cfg.data_dir.clone(),
             });
+        }
+        if let Some(fix) = self.insecure_auth()? {
+            return self.secure_auth(fix);
         }
         let Some(found) = self.live_postmaster() else {
             self.start_server()?;
@@ -418,12 +454,180 @@ impl Cluster {
         self.cfg.data_dir.join("log").join("postgres.log")
     }
 
-    /// `postgresql://postgres@127.0.0.1:PORT/DATABASE`
+    /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`, the password (and the
+    /// database) percent-encoded. Without a readable password file (before [`Self::init`]),
+    /// the URL has no password and the server refuses it.
     pub fn url(&self, database: &str) -> String {
+        let user = match self.password() {
+            Some(p) => format!("{SUPERUSER}:{}", percent_encode(&p)),
+            None => SUPERUSER.to_owned(),
+        };
         format!(
-            "postgresql://postgres@127.0.0.1:{}/{}",
-            self.cfg.port, database
+            "postgresql://{user}@127.0.0.1:{}/{}",
+            self.cfg.port,
+            percent_encode(database)
         )
+    }
+
+    /// The file holding the superuser's password: `<data dir>.password`, next to the data
+    /// directory (initdb wants that one empty), mode 0600, owned by whoever ran [`Self::init`].
+    pub fn password_file(&self) -> PathBuf {
+        let name = self
+            .cfg
+            .data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data".to_owned());
+        self.cfg.data_dir.with_file_name(format!("{name}.password"))
+    }
+
+    /// The superuser's password, if the password file holds one.
+    fn password(&self) -> Option<String> {
+        let mut cached = self.password.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.is_none() {
+            *cached = read_password(&self.password_file()).ok().flatten();
+        }
+        cached.clone()
+    }
+
+    /// The password of the password file; a new random one, written there, if it has none.
+    /// A file others may read is made private again.
+    fn load_or_create_password(&self) -> Result<String, ClusterError> {
+        let path = self.password_file();
+        let found =
+            read_password(&path).map_err(io_error(format!("reading {}", path.display())))?;
+        let password = match found {
+            Some(p) => {
+                let mode = fs::metadata(&path)
+                    .map_err(io_error(format!("reading {}", path.display())))?
+                    .mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777),
+                        "password file was readable by others; made it private (0600)");
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(io_error(format!("setting the mode of {}", path.display())))?;
+                }
+                p
+            }
+            None => {
+                let p =
+                    generate_password().map_err(io_error("reading /dev/urandom for a password"))?;
+                write_private(&path, &format!("{p}\n"), None)?;
+                p
+            }
+        };
+        *self.password.lock().unwrap_or_else(|p| p.into_inner()) = Some(password.clone());
+        Ok(password)
+    }
+
+    /// A 0600 file holding `password`, readable by the user PostgreSQL runs as, next to the
+    /// data directory; deleted when the guard drops.
+    fn private_copy_for_server(
+        &self,
+        label: &str,
+        password: &str,
+    ) -> Result<TempFile, ClusterError> {
+        let path = self.password_file().with_extension(label);
+        let owner = self.run_as.as_ref().map(|w| (w.uid, w.gid));
+        write_private(&path, &format!("{password}\n"), owner)?;
+        Ok(TempFile(path))
+    }
+
+    /// What stands between a data directory and password authentication: `trust` lines in
+    /// `pg_hba.conf` (data directories made by older versions), or no password file (lost, or
+    /// never written). None when all is well.
+    fn insecure_auth(&self) -> Result<Option<AuthFix>, ClusterError> {
+        let hba_path = self.cfg.data_dir.join("pg_hba.conf");
+        let hba = fs::read_to_string(&hba_path)
+            .map_err(io_error(format!("reading {}", hba_path.display())))?;
+        let converted = convert_trust_lines(&hba);
+        let password_missing = read_password(&self.password_file())
+            .map_err(io_error(format!(
+                "reading {}",
+                self.password_file().display()
+            )))?
+            .is_none();
+        if converted.is_none() && !password_missing {
+            return Ok(None);
+        }
+        Ok(Some(AuthFix { hba: converted }))
+    }
+
+    /// Sets the superuser's password (from the password file, generated if missing) with the
+    /// server stopped (single-user mode), converts `trust` lines to password authentication,
+    /// then starts the server. A server found running is stopped first and counts as reused.
+    fn secure_auth(&self, fix: AuthFix) -> Result<Started, ClusterError> {
+        let hba_path = self.cfg.data_dir.join("pg_hba.conf");
+        if fix.hba.is_some() {
+            tracing::warn!(data_dir = %self.cfg.data_dir.display(),
+                password_file = %self.password_file().display(),
+                "this cluster (made by an older version) let any local user in as superuser without a password (trust); setting a password and requiring it from now on");
+        } else {
+            tracing::warn!(data_dir = %self.cfg.data_dir.display(),
+                password_file = %self.password_file().display(),
+                "the superuser's password file is missing; setting a new password");
+        }
+        let was_running = match self.live_postmaster() {
+            Some(_) => {
+                self.pg_ctl_stop("fast")?;
+                true
+            }
+            None => false,
+        };
+        self.clear_crash_leftovers()?;
+        let password = self.load_or_create_password()?;
+        self.set_password_single_user(&password)?;
+        if let Some(text) = fix.hba {
+            // Rewritten in place: the file keeps its owner (the server's user) and mode.
+            fs::write(&hba_path, text)
+                .map_err(io_error(format!("writing {}", hba_path.display())))?;
+        }
+        self.start_server()?;
+        Ok(if was_running {
+            Started::Reused
+        } else {
+            Started::Fresh
+        })
+    }
+
+    /// `ALTER ROLE postgres PASSWORD …` in single-user mode: needs no connection, so it works
+    /// whatever `pg_hba.conf` says. The server must be stopped.
+    fn set_password_single_user(&self, password: &str) -> Result<(), ClusterError> {
+        let mut cmd = self.command("postgres");
+        cmd.arg("--single").arg("-D").arg(&self.cfg.data_dir);
+        for (name, value) in [
+            ("exit_on_error", "on"),
+            ("password_encryption", AUTH_METHOD),
+        ] {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
+        for (name, value) in &self.cfg.extra_settings {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
+        cmd.arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(io_error("running postgres --single"))?;
+        let statement = format!(
+            "ALTER ROLE {SUPERUSER} PASSWORD '{}';\n",
+            password.replace('\'', "''")
+        );
+        // A write error means it exited early; its output below tells why.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(statement.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(io_error("running postgres --single"))?;
+        if !out.status.success() {
+            let detail = redact(&tail(&combined(&out), 8), password);
+            return Err(self.failed(
+                "setting the superuser's password (postgres --single)",
+                detail,
+            ));
+        }
+        Ok(())
     }
 
     fn is_initialized(&self) -> bool {
@@ -743,6 +947,167 @@ impl Cluster {
     }
 }
 
+/// What [`Cluster::start`] must fix before password authentication holds.
+struct AuthFix {
+    /// `pg_hba.conf` with its `trust` lines converted, if it had any.
+    hba: Option<String>,
+}
+
+/// A file deleted when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The first line of a password file; None if the file is missing or that line is empty.
+fn read_password(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .next()
+            .map(|l| l.trim_end_matches('\r').to_owned())
+            .filter(|l| !l.is_empty())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600 from the start (never readable by others, not
+/// even for a moment), handed to `owner` if given; replaces the file atomically.
+fn write_private(
+    path: &Path,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), ClusterError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let write = || -> io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The umask may have taken more than 0600 leaves; make sure of the mode.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+        }
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(format!("writing {}", path.display()))(e)
+    })
+}
+
+/// A random password of [`PASSWORD_LEN`] characters of [`PASSWORD_ALPHABET`], from the
+/// kernel's random source (unbiased: bytes past the last whole multiple of 62 are skipped).
+fn generate_password() -> io::Result<String> {
+    let mut random = fs::File::open("/dev/urandom")?;
+    let limit = 256 - 256 % PASSWORD_ALPHABET.len();
+    let mut password = String::with_capacity(PASSWORD_LEN);
+    let mut buf = [0u8; 64];
+    while password.len() < PASSWORD_LEN {
+        random.read_exact(&mut buf)?;
+        for &b in &buf {
+            if (b as usize) < limit && password.len() < PASSWORD_LEN {
+                password.push(PASSWORD_ALPHABET[b as usize % PASSWORD_ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(password)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a URL's user info
+/// or path.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `text` with every occurrence of `secret` replaced by `***`.
+fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, "***")
+    }
+}
+
+/// Authentication methods `pg_hba.conf` knows: the method is the first of these after a
+/// line's connection type, database, user (and address) fields.
+const HBA_METHODS: &[&str] = &[
+    "trust",
+    "reject",
+    "scram-sha-256",
+    "md5",
+    "password",
+    "gss",
+    "sspi",
+    "ident",
+    "peer",
+    "pam",
+    "ldap",
+    "radius",
+    "cert",
+    "oauth",
+];
+
+/// `pg_hba.conf` with the method `trust` of every line replaced by [`AUTH_METHOD`], the rest
+/// of the file (comments, other lines, spacing) unchanged; None if no line uses `trust`.
+fn convert_trust_lines(hba: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(hba.len() + 64);
+    for line in hba.split_inclusive('\n') {
+        let active = line.split('#').next().unwrap_or("");
+        // (start, token) of each whitespace-separated field.
+        let fields: Vec<(usize, &str)> = active
+            .split_whitespace()
+            .map(|t| (t.as_ptr() as usize - line.as_ptr() as usize, t))
+            .collect();
+        // local: type, database, user, method; host*: type, database, user, address, method.
+        let first_method_field = match fields.first() {
+            Some((_, "local")) => 3,
+            Some(_) => 4,
+            None => usize::MAX,
+        };
+        let method = fields
+            .iter()
+            .skip(first_method_field)
+            .find(|(_, t)| HBA_METHODS.contains(t));
+        match method {
+            Some(&(start, "trust")) => {
+                changed = true;
+                out.push_str(&line[..start]);
+                out.push_str(AUTH_METHOD);
+                out.push_str(&line[start + "trust".len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    changed.then_some(out)
+}
+
 /// Whether a process with this pid exists (EPERM: it does, but belongs to someone else).
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
@@ -816,6 +1181,58 @@ mod tests {
         assert_eq!(tail("a\n\nb\nc\n", 2), "  b\n  c");
         assert_eq!(tail("a\nb\n", 1), "b");
         assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn passwords_are_percent_encoded() {
+        assert_eq!(percent_encode("abcXYZ019-._~"), "abcXYZ019-._~");
+        assert_eq!(
+            percent_encode("p@ss:w/rd %?#'"),
+            "p%40ss%3Aw%2Frd%20%25%3F%23%27"
+        );
+        assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_alphanumeric_and_differ() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn trust_lines_become_password_lines_and_nothing_else_changes() {
+        let old = "# comment with trust\n\
+local   all             all                                     trust\n\
+host    all             all             127.0.0.1/32            trust\n\
+host    trust           trust           ::1/128                 trust # yes\n\
+host    all             all             10.0.0.0 255.0.0.0      trust\n\
+host    all             all             192.168.0.0/16          reject\n\
+local   replication     all                                     peer\n";
+        let new = convert_trust_lines(old).expect("trust lines");
+        assert_eq!(
+            new,
+            "# comment with trust\n\
+local   all             all                                     scram-sha-256\n\
+host    all             all             127.0.0.1/32            scram-sha-256\n\
+host    trust           trust           ::1/128                 scram-sha-256 # yes\n\
+host    all             all             10.0.0.0 255.0.0.0      scram-sha-256\n\
+host    all             all             192.168.0.0/16          reject\n\
+local   replication     all                                     peer\n"
+        );
+        assert_eq!(convert_trust_lines(&new), None);
+        assert_eq!(convert_trust_lines("# only trust in comments\n"), None);
+    }
+
+    #[test]
+    fn redaction_hides_the_secret() {
+        assert_eq!(
+            redact("ALTER ROLE x PASSWORD 'abc'", "abc"),
+            "ALTER ROLE x PASSWORD '***'"
+        );
+        assert_eq!(redact("text", ""), "text");
     }
 
     #[test]

@@ -46,6 +46,224 @@ fn query(url: &str, sql: &str) -> Vec<String> {
     })
 }
 
+/// Connects and disconnects; the error if the server refuses.
+fn try_connect(url: &str) -> Result<(), tokio_postgres::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.map(drop)
+    })
+}
+
+/// The URL without its password, and with a wrong one.
+fn without_password(cluster: &Cluster, db: &str) -> (String, String) {
+    let port = cluster.port();
+    (
+        format!("postgresql://postgres@127.0.0.1:{port}/{db}"),
+        format!("postgresql://postgres:wrong@127.0.0.1:{port}/{db}"),
+    )
+}
+
+/// Password-less and wrong-password connections are refused, the second by the server's
+/// password check (SQLSTATE 28P01).
+fn assert_refused_without_password(cluster: &Cluster) {
+    let (none, wrong) = without_password(cluster, "postgres");
+    let err = try_connect(&none).expect_err("a connection without a password must be refused");
+    // The server asked for a password (SCRAM) and the client had none to give.
+    assert!(format!("{err:?}").contains("password missing"), "{err:?}");
+    let err = try_connect(&wrong).expect_err("a wrong password must be refused");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "28P01", "{db:?}");
+    assert!(
+        db.message().contains("password authentication failed"),
+        "{db:?}"
+    );
+}
+
+fn assert_private_password_file(cluster: &Cluster) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let file = cluster.password_file();
+    assert!(
+        !file.starts_with(cluster.data_dir()),
+        "{} is outside the data dir",
+        file.display()
+    );
+    let meta = std::fs::metadata(&file).expect("password file");
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", file.display());
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        meta.uid(),
+        unsafe { libc::geteuid() },
+        "owned by the invoker"
+    );
+    let password = std::fs::read_to_string(&file).expect("read");
+    let password = password.trim_end().to_owned();
+    assert!(password.len() >= 32, "a long password: {password:?}");
+    password
+}
+
+fn hba_methods(cluster: &Cluster) -> Vec<String> {
+    std::fs::read_to_string(cluster.data_dir().join("pg_hba.conf"))
+        .expect("pg_hba.conf")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn connections_need_the_generated_password() {
+    let dir = TestDir::new("password");
+    let cluster = started(config(&dir));
+    let password = assert_private_password_file(&cluster);
+    let url = cluster.url("postgres");
+    assert!(
+        url.starts_with(&format!("postgresql://postgres:{password}@127.0.0.1:")),
+        "{url}"
+    );
+    assert_eq!(query(&url, "SELECT current_user"), ["postgres"]);
+    assert_refused_without_password(&cluster);
+    let methods = hba_methods(&cluster);
+    assert!(!methods.is_empty());
+    assert!(methods.iter().all(|m| m == "scram-sha-256"), "{methods:?}");
+    assert_eq!(query(&url, "SHOW password_encryption"), ["scram-sha-256"]);
+    assert!(query(
+        &url,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"
+    )[0]
+    .starts_with("SCRAM-SHA-256$"));
+    cluster.stop().expect("stop");
+    let log = std::fs::read_to_string(cluster.log_file()).expect("log");
+    assert!(
+        !log.contains(&password),
+        "the server log shows the password"
+    );
+    // A restart keeps the password.
+    let again = Cluster::new(config_at(&dir, cluster.port())).expect("cluster");
+    assert_eq!(again.start().expect("start"), Started::Fresh);
+    assert_eq!(again.url("postgres"), url);
+    assert_eq!(query(&url, "SELECT 1"), ["1"]);
+    again.stop().expect("stop");
+}
+
+fn config_at(dir: &TestDir, port: u16) -> ClusterConfig {
+    let mut cfg = ClusterConfig::new(dir.path().join("data"), port);
+    cfg.extra_settings = pgai_testkit::test_settings();
+    cfg
+}
+
+#[test]
+fn a_password_file_written_beforehand_is_used_and_percent_encoded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("own-password");
+    let cfg = config(&dir);
+    let password = "p@ss w:rd/%?#'é";
+    let file = dir.path().join("data.password");
+    std::fs::write(&file, format!("{password}\n")).expect("write");
+    // Readable by others: made private by init.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let cluster = started(cfg);
+    assert_eq!(cluster.password_file(), file);
+    assert_eq!(assert_private_password_file_any_length(&cluster), password);
+    let url = cluster.url("postgres");
+    assert!(
+        url.contains("postgres:p%40ss%20w%3Ard%2F%25%3F%23%27%C3%A9@127.0.0.1"),
+        "{url}"
+    );
+    assert_eq!(query(&url, "SELECT 1"), ["1"]);
+    assert_refused_without_password(&cluster);
+    cluster.stop().expect("stop");
+}
+
+fn assert_private_password_file_any_length(cluster: &Cluster) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(cluster.password_file()).expect("password file");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    std::fs::read_to_string(cluster.password_file())
+        .expect("read")
+        .trim_end()
+        .to_owned()
+}
+
+/// Makes a running cluster look like one made by an older version: `trust` in pg_hba.conf,
+/// no password on the superuser, no password file.
+fn make_it_trust(cluster: &Cluster) {
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(&hba, text.replace("scram-sha-256", "trust")).expect("write pg_hba.conf");
+    query(&cluster.url("postgres"), "SELECT pg_reload_conf()");
+    let (none, _) = without_password(cluster, "postgres");
+    wait_for_sync("trust to apply", || try_connect(&none).is_ok());
+    query(&none, "ALTER ROLE postgres PASSWORD NULL");
+    std::fs::remove_file(cluster.password_file()).expect("remove the password file");
+}
+
+fn wait_for_sync(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_trust_cluster_of_an_older_version_gets_a_password_on_start() {
+    let dir = TestDir::new("trust-upgrade");
+    let cfg = config(&dir);
+    let cluster = started(cfg.clone());
+    query(
+        &cluster.url("postgres"),
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+
+    // Stopped when the new version starts it.
+    make_it_trust(&cluster);
+    cluster.stop().expect("stop");
+    drop(cluster);
+    let cluster = Cluster::new(cfg.clone()).expect("cluster");
+    assert!(!cluster.init().expect("init"), "no new initdb");
+    assert_eq!(cluster.start().expect("start"), Started::Fresh);
+    let password = assert_private_password_file(&cluster);
+    assert!(hba_methods(&cluster).iter().all(|m| m == "scram-sha-256"));
+    assert_refused_without_password(&cluster);
+    assert_eq!(
+        query(&cluster.url("postgres"), "SELECT x FROM kept"),
+        ["42"]
+    );
+
+    // Left running by an older version's `up` when the new version starts: stopped, converted,
+    // started again.
+    make_it_trust(&cluster);
+    drop(cluster);
+    let cluster = Cluster::new(cfg.clone()).expect("cluster");
+    assert!(cluster.is_running());
+    assert_eq!(cluster.start().expect("start"), Started::Reused);
+    let second = assert_private_password_file(&cluster);
+    assert_ne!(second, password, "a new password each time one is missing");
+    assert_refused_without_password(&cluster);
+    assert_eq!(
+        query(&cluster.url("postgres"), "SELECT x FROM kept"),
+        ["42"]
+    );
+
+    // Converted once: the next start changes nothing.
+    cluster.stop().expect("stop");
+    assert_eq!(cluster.start().expect("start"), Started::Fresh);
+    assert_eq!(assert_private_password_file(&cluster), second);
+    assert_eq!(query(&cluster.url("postgres"), "SELECT 1"), ["1"]);
+    let log = std::fs::read_to_string(cluster.log_file()).expect("log");
+    assert!(!log.contains(&password) && !log.contains(&second));
+    cluster.stop().expect("stop");
+}
+
 #[test]
 fn init_twice_is_harmless() {
     let dir = TestDir::new("init-twice");

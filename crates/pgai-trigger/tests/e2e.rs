@@ -602,12 +602,14 @@ async fn a_role_with_only_select_and_update_is_enough() {
     let role = format!("app_{}", std::process::id());
     db.batch_execute(&format!(
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; END $$;
+         ALTER ROLE {role} PASSWORD 'app-secret';
          GRANT SELECT, UPDATE ON m0_episodic TO {role};"
     ))
     .await
     .unwrap();
-    let app_url = url.replacen("postgres@", &format!("{role}@"), 1);
-    assert_ne!(app_url, url);
+    // The cluster wants a password from every role: the superuser's in `url` becomes the app's.
+    let (_, host_and_db) = url.split_once('@').expect("user@host in the URL");
+    let app_url = format!("postgresql://{role}:app-secret@{host_and_db}");
     let daemon = Daemon::start(Config::new(&app_url), pgai_testkit::model().await)
         .await
         .expect("daemon as the app role");

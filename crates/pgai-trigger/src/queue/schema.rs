@@ -4,7 +4,12 @@
 //! The table is the queue. A row needs an embedding while `needs_embedding` is true; the
 //! AFTER trigger sends `pg_notify('embedding_needed', id)` as a wake-up hint only. A BEFORE
 //! UPDATE trigger bumps `content_version` whenever `content` changes and re-queues the row, so a
-//! write-back carrying an older version matches nothing (no stale vectors).
+//! write-back carrying an older version matches nothing (no stale vectors); so does an explicit
+//! `SET needs_embedding = true`, even on a row that still needs one (a failed row).
+//!
+//! `db init` also adopts a table made with the original design's DDL: an index counts by its
+//! definition, whatever its name (the original's HNSW index is kept, not doubled), and a name
+//! already taken by an index of another definition does not stop ours being created.
 
 use tokio_postgres::Client;
 
@@ -23,12 +28,33 @@ pub fn ddl_with(table: &Table, dim: usize, notify: NotifyMode) -> String {
     let t = table.sql();
     let requeue = table.derived("requeue");
     let requeue_trigger = table.derived("requeue_trigger");
+    let requeue_set_trigger = table.derived("requeue_set_trigger");
     let notify_trigger = table.derived("embedding_trigger");
     let notify_update_trigger = table.derived("embedding_update_trigger");
-    let idx_pending = table.derived("needs_embedding_idx");
-    let idx_status = table.derived("retry_status_idx");
-    let idx_count = table.derived("retry_count_idx");
-    let idx_hnsw = table.derived("embedding_hnsw_idx");
+    let indexes = [
+        // The queue's index: pending rows in arrival order.
+        ensure_index(
+            table,
+            "needs_embedding_idx",
+            "btree",
+            "queued_at",
+            "",
+            Some(QUEUE_INDEX_PREDICATE),
+        ),
+        ensure_index(table, "retry_status_idx", "btree", "retry_status", "", None),
+        ensure_index(table, "retry_count_idx", "btree", "retry_count", "", None),
+        // Any HNSW index on the column serves searches; a second would double the cost of
+        // every vector write.
+        ensure_index(
+            table,
+            "embedding_hnsw_idx",
+            "hnsw",
+            "embedding",
+            "vector_cosine_ops",
+            None,
+        ),
+    ]
+    .join("\n");
     format!(
         r#"
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -57,17 +83,16 @@ ALTER TABLE {t}
     ADD COLUMN IF NOT EXISTS embedded_at      TIMESTAMPTZ,
     ADD COLUMN IF NOT EXISTS embedding_model  TEXT;
 
--- The queue's index: pending rows in arrival order.
-CREATE INDEX IF NOT EXISTS {idx_pending} ON {t} (queued_at) WHERE needs_embedding = TRUE;
-CREATE INDEX IF NOT EXISTS {idx_status} ON {t} (retry_status);
-CREATE INDEX IF NOT EXISTS {idx_count} ON {t} (retry_count);
-CREATE INDEX IF NOT EXISTS {idx_hnsw} ON {t} USING hnsw (embedding vector_cosine_ops);
+-- Each index is created unless one of the same definition exists, under any name.
+{indexes}
 
 -- A new content (or an explicit needs_embedding = true) gets a new version and a fresh queue
--- entry; any claim on the old version is void, so its vector can never be written.
+-- entry; any claim on the old version is void, so its vector can never be written. Called with
+-- an argument by the trigger on `SET needs_embedding`, whose WHEN clause already decided.
 CREATE OR REPLACE FUNCTION {requeue}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.content IS DISTINCT FROM OLD.content
+    IF TG_NARGS > 0
+       OR NEW.content IS DISTINCT FROM OLD.content
        OR (NEW.needs_embedding IS TRUE AND OLD.needs_embedding IS NOT TRUE) THEN
         NEW.content_version  := OLD.content_version + 1;
         NEW.needs_embedding  := TRUE;
@@ -88,6 +113,15 @@ END
 $$;
 CREATE OR REPLACE TRIGGER {requeue_trigger}
     BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {requeue}();
+-- `UPDATE … SET needs_embedding = true` on a row that already needs one (a failed row keeps
+-- needs_embedding = TRUE) asks again: UPDATE OF fires whenever the column is in the SET list,
+-- changed or not. The WHEN leaves content changes and false → true to the trigger above (no
+-- double bump), and the daemon's write-back (needs_embedding = FALSE) alone.
+CREATE OR REPLACE TRIGGER {requeue_set_trigger}
+    BEFORE UPDATE OF needs_embedding ON {t} FOR EACH ROW
+    WHEN (NEW.needs_embedding IS TRUE AND OLD.needs_embedding IS TRUE
+          AND NEW.content IS NOT DISTINCT FROM OLD.content)
+    EXECUTE FUNCTION {requeue}('set');
 
 -- The wake-up hint. Payload: the id, or '' when the id is too long for a NOTIFY payload.
 CREATE OR REPLACE FUNCTION notify_embedding_needed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -112,6 +146,11 @@ $$;
 DROP TRIGGER IF EXISTS {notify_trigger} ON {t};
 DROP TRIGGER IF EXISTS {notify_update_trigger} ON {t};
 {notify_trigger_sql}
+
+-- Rows queued before the table had a queue position (a column added by hand, rows copied in
+-- with NULL) would sort last forever: they get one now. Neither requeue trigger fires
+-- (needs_embedding is not in the SET list) and a second run finds nothing to do.
+UPDATE {t} SET queued_at = clock_timestamp() WHERE needs_embedding = TRUE AND queued_at IS NULL;
 "#,
         notify_trigger_sql = match notify {
             NotifyMode::PerRow => format!(
@@ -129,6 +168,50 @@ CREATE TRIGGER {notify_update_trigger} AFTER UPDATE ON {t} REFERENCING NEW TABLE
     )
 }
 
+/// The queue index's predicate, as written in the DDL and as `pg_get_expr` prints it back.
+const QUEUE_INDEX_PREDICATE: (&str, &str) = ("needs_embedding = TRUE", "(needs_embedding = true)");
+
+/// A DO block that creates an index on one column of `table` unless the table already has a
+/// valid one with the same access method, that single key column, no expression and the same
+/// predicate (or none), whatever its name and operator class. It is named `<table>_<suffix>`
+/// unless that name is taken (say by an index of another definition); then PostgreSQL picks one.
+fn ensure_index(
+    table: &Table,
+    suffix: &str,
+    method: &str,
+    column: &str,
+    opclass: &str,
+    predicate: Option<(&str, &str)>,
+) -> String {
+    let t = table.sql();
+    let name = table.derived(suffix);
+    let (where_clause, printed) = match predicate {
+        Some((written, printed)) => (format!(" WHERE {written}"), format!("'{printed}'")),
+        None => (String::new(), "NULL".to_owned()),
+    };
+    let definition = format!("ON {t} USING {method} ({column} {opclass}){where_clause}");
+    format!(
+        r#"DO $ensure$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indexrelid
+          JOIN pg_am am ON am.oid = c.relam
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = '{t}'::regclass AND am.amname = '{method}' AND i.indnkeyatts = 1
+           AND a.attname = '{column}' AND i.indexprs IS NULL AND i.indisvalid
+           AND pg_get_expr(i.indpred, i.indrelid) IS NOT DISTINCT FROM {printed}) THEN
+        IF to_regclass('{name}') IS NULL THEN
+            CREATE INDEX {name} {definition};
+        ELSE
+            CREATE INDEX {definition};
+        END IF;
+    END IF;
+END
+$ensure$;"#
+    )
+}
+
 /// Creates whatever is missing, with row-level notifications; harmless to run again.
 pub async fn init(client: &Client, table: &Table, dim: usize) -> Result<()> {
     init_with(client, table, dim, NotifyMode::PerRow).await
@@ -143,13 +226,20 @@ pub async fn init_with(
     dim: usize,
     notify: NotifyMode,
 ) -> Result<()> {
-    client
+    // The server's notices about our own DDL ("… already exists, skipping") are noise in the
+    // log of every start; warnings and errors still come through.
+    let result = client
         .batch_execute(&format!(
-            "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\nCOMMIT;",
+            "BEGIN;\nSET LOCAL client_min_messages = warning;\nSELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\nCOMMIT;",
             ddl_with(table, dim, notify)
         ))
-        .await
-        .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
+        .await;
+    if result.is_err() {
+        // A failed statement leaves the transaction open (aborted): close it, so the caller's
+        // connection stays usable.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result.map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
             // 0A000 feature_not_supported / 58P01 undefined_file: extension not installed
             Some("0A000") | Some("58P01") => Error::Schema(
                 "the pgvector extension is not installed on this PostgreSQL server (CREATE EXTENSION vector failed)".into(),
@@ -170,13 +260,18 @@ pub async fn recreate_with(
     dim: usize,
     notify: NotifyMode,
 ) -> Result<()> {
-    client
+    let result = client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
+            "BEGIN; SET LOCAL client_min_messages = warning;
+             DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE; COMMIT;",
             table.sql(),
             table.derived("requeue")
         ))
-        .await?;
+        .await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result?;
     init_with(client, table, dim, notify).await
 }
 
@@ -235,7 +330,7 @@ async fn names_of(client: &Client, sql: &str, table: &Table) -> Result<Vec<Strin
 }
 
 /// The declared dimension of the table's `embedding` column, if the table and column exist.
-async fn embedding_dim(client: &Client, table: &Table) -> Result<Option<i32>> {
+pub(crate) async fn embedding_dim(client: &Client, table: &Table) -> Result<Option<i32>> {
     Ok(client
         .query_opt(
             "SELECT a.atttypmod FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid

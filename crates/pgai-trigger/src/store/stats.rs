@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{Check, Health, HealthStatus, Latency, ProcessingStats, Queue, Store, StoreResult};
+use crate::config::settings::ProviderKind;
 use crate::queue::{schema, QueueCounts, RowState, CHANNEL_NEEDED};
 
 impl Store {
@@ -138,7 +139,15 @@ impl Store {
                         detail: "reachable".into(),
                     },
                 );
-                let dim = self.embed.get().map(|e| e.dim()).unwrap_or(pgai_embed::DIM);
+                let dim = match self.known_dim() {
+                    Some(d) => d,
+                    None => schema::embedding_dim(&db, &self.config.table)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|d| usize::try_from(d).ok())
+                        .unwrap_or(pgai_embed::DIM),
+                };
                 match schema::verify(&db, &self.config.table, dim).await {
                     Ok(()) => checks.insert(
                         "schema",
@@ -267,6 +276,25 @@ impl Store {
                 HealthStatus::Healthy
             },
             checks,
+        }
+    }
+
+    /// The dimension the provider gives, when known without starting it: the started one's;
+    /// the bundled model's (the local provider without a model directory of its own); the
+    /// configured one. None for a remote provider or another model not started yet: health
+    /// then takes the table's own dimension rather than the bundled model's.
+    fn known_dim(&self) -> Option<usize> {
+        if let Some(e) = self.embed.get() {
+            return Some(e.dim());
+        }
+        let Some(settings) = &self.loader else {
+            // Store::new: the bundled model, started on first use.
+            return Some(pgai_embed::DIM);
+        };
+        let e = &settings.embedding;
+        match e.provider {
+            ProviderKind::Local if e.model_dir.is_none() => Some(pgai_embed::DIM),
+            _ => e.dimensions,
         }
     }
 
