@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`chunk`]: [`Chunker`], splits long texts into chunks that fit the model's window, with
+//!   the model's own tokenizer (boundaries at paragraphs, sentences, words).
 //! - [`dist`]: where `make setup` puts fetched files (`$PGAI_HOME`), same rule as `scripts/env.sh`.
 //! - `files`: [`ModelFiles`], finding `model.onnx`, `tokenizer.json` and the ONNX Runtime library
 //!   (explicit directory, `$PGAI_HOME/model`, or the Hugging Face cache).
@@ -18,6 +20,7 @@
 //! The graph built by `scripts/build_onnx.py` does pooling and normalisation itself; its output
 //! is `sentence_embedding` `[batch, 384]`.
 
+pub mod chunk;
 pub mod dist;
 mod error;
 mod files;
@@ -26,6 +29,7 @@ mod openai;
 mod pool;
 mod tokenize;
 
+pub use chunk::{Chunk, ChunkOptionError, ChunkOptions, Chunker};
 pub use error::EmbedError;
 pub use files::ModelFiles;
 pub use onnx::OnnxEmbedder;

@@ -20,7 +20,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer, EmbedError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| bad(one_line(e)))?;
+    let mut tokenizer = open(path)?;
     let truncation = TruncationParams {
         max_length: MAX_TOKENS,
         ..Default::default()
@@ -33,6 +33,27 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer, EmbedError> {
     padding.pad_to_multiple_of = None;
     tokenizer.with_padding(Some(padding));
     Ok(tokenizer)
+}
+
+/// Loads `tokenizer.json` with truncation and padding off: every word piece of a text, with its
+/// byte offsets, as the chunker needs them.
+pub(crate) fn load_untruncated(path: &Path) -> Result<Tokenizer, EmbedError> {
+    let mut tokenizer = open(path)?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| EmbedError::BadModel {
+            path: path.to_path_buf(),
+            reason: one_line(e),
+        })?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+fn open(path: &Path) -> Result<Tokenizer, EmbedError> {
+    Tokenizer::from_file(path).map_err(|e| EmbedError::BadModel {
+        path: path.to_path_buf(),
+        reason: one_line(e),
+    })
 }
 
 pub(crate) fn encode(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Batch, EmbedError> {
