@@ -3,8 +3,8 @@
 //!
 //! ```sh
 //! pgai-trigger up &                       # or any PostgreSQL with pgvector
-//! DATABASE_URL=postgresql://postgres@127.0.0.1:54329/pgai \
-//!     cargo run --release -p pgai-trigger --example store
+//! DATABASE_URL=…                          # the DATABASE_URL line `up` printed
+//! cargo run --release -p pgai-trigger --example store
 //! ```
 
 use std::time::Duration;

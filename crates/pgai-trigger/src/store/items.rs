@@ -126,7 +126,7 @@ impl Store {
         let row = db
             .query_opt(
                 &format!(
-                    "SELECT id, content, coalesce(metadata, '{{}}'::jsonb),
+                    "SELECT id, coalesce(content, ''), coalesce(metadata, '{{}}'::jsonb),
                             {state},
                             embedding IS NOT NULL, coalesce(retry_count, 0), last_error, embedding_model,
                             to_json(created_at) #>> '{{}}', to_json(embedded_at) #>> '{{}}',

@@ -246,7 +246,8 @@ impl StoreFactory {
 /// use pgai_trigger::{NewItem, RowState, Settings, StoreFactory};
 ///
 /// let mut settings = Settings::default();
-/// settings.database.url = Some("postgresql://postgres@127.0.0.1:54329/pgai".into());
+/// // The URL `up` prints (the embedded cluster needs its generated password).
+/// settings.database.url = Some("postgresql://postgres:PASSWORD@127.0.0.1:54329/pgai".into());
 /// // Immediate (LISTEN) or polling mode, from `database.pgai.immediate_trigger`.
 /// let store = StoreFactory::create(&settings).await?;
 /// store.initialize().await?; // schema (idempotent), then the daemon in the configured mode

@@ -57,7 +57,7 @@ impl Store {
         let rows = db
             .query(
                 &format!(
-                    "SELECT id, content, coalesce(metadata, '{{}}'::jsonb), (1 - (embedding <=> $1))::float8
+                    "SELECT id, coalesce(content, ''), coalesce(metadata, '{{}}'::jsonb), (1 - (embedding <=> $1))::float8
                        FROM {}
                       WHERE embedding IS NOT NULL AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
                       ORDER BY embedding <=> $1
