@@ -94,7 +94,7 @@ fn start() -> TlsFront {
         &ini,
         format!(
             "[databases]\n\
-             * = host=127.0.0.1 port={pg_port}\n\
+             * = host=127.0.0.1 port={pg_port} user=postgres password={pg_password}\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -107,6 +107,11 @@ fn start() -> TlsFront {
              client_tls_key_file = {certs}/server.key\n\
              client_tls_ca_file = {certs}/ca.pem\n",
             pg_port = cluster.port(),
+            // The cluster requires its password; PgBouncer's clients need none (trust), it logs
+            // in to the server with this one.
+            pg_password = std::fs::read_to_string(cluster.password_file())
+                .unwrap_or_else(|e| panic!("reading the cluster's password file: {e}"))
+                .trim(),
             dir = dir.display(),
             certs = certs.display(),
         ),

@@ -42,9 +42,16 @@ pub async fn serve(settings: Settings) -> Result<()> {
             .with_context(|| format!("cannot bind HTTP address {}", settings.http.address))?;
     println!("HTTP=http://{addr}");
     // On the signal: end the waiting requests at once (503) and stop the HTTP server while the
-    // daemon finishes its batches; neither waits for long waits.
+    // daemon finishes its batches; neither waits for long waits. If the HTTP server ends by
+    // itself (a panic), the process stops too and exits non-zero, so a supervisor restarts it:
+    // never a daemon without its API and probes.
+    let mut http_task = http_task;
+    let mut http_ended = None;
     let signal = async {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            r = &mut http_task => http_ended = Some(r),
+        }
         store.cancel_waits();
         stop.cancel();
     };
@@ -54,7 +61,13 @@ pub async fn serve(settings: Settings) -> Result<()> {
     }
     store.cancel_waits();
     stop.cancel();
-    http_task.await.context("the HTTP server task failed")?;
+    match http_ended {
+        Some(r) => {
+            r.context("the HTTP server task failed")?;
+            anyhow::bail!("the HTTP server stopped unexpectedly");
+        }
+        None => http_task.await.context("the HTTP server task failed")?,
+    }
     Ok(())
 }
 
