@@ -821,6 +821,12 @@ async fn stopping_ends_waiting_requests_at_once() {
         )
         .await
     });
+    // The library's wait needs the row (an unknown id is NotFound at once): only once the HTTP
+    // request has inserted it.
+    wait_for("the HTTP request's row", DEADLINE, || async {
+        s.store.get("slow").await.unwrap().map(|_| ())
+    })
+    .await;
     let lib_store = s.store.clone();
     let lib_wait = tokio::spawn(async move {
         lib_store
