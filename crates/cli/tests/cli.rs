@@ -484,8 +484,9 @@ async fn serve_refuses_unsafe_http_settings_and_stops_promptly_with_waiting_requ
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+    // Far below the request's 60 s wait; generous for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );

@@ -720,7 +720,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         .await
         .expect("the server kept a connection whose headers never came");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(9),
         "{:?}",
         started.elapsed()
     );
@@ -851,12 +851,13 @@ async fn stopping_ends_waiting_requests_at_once() {
         lib_wait.await.unwrap(),
         Err(StoreError::ShuttingDown)
     ));
-    tokio::time::timeout(Duration::from_secs(3), s.task)
+    // Far below the waits' 60 s; generous for a loaded machine.
+    tokio::time::timeout(Duration::from_secs(15), s.task)
         .await
         .expect("the server stopped")
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
@@ -885,11 +886,11 @@ async fn a_stopping_server_does_not_wait_out_long_requests() {
     .await;
     let started = std::time::Instant::now();
     s.stop.cancel();
-    tokio::time::timeout(http::SHUTDOWN_GRACE + Duration::from_secs(3), s.task)
+    tokio::time::timeout(http::SHUTDOWN_GRACE + Duration::from_secs(10), s.task)
         .await
         .expect("the server stopped within its grace period")
         .unwrap();
-    assert!(started.elapsed() < http::SHUTDOWN_GRACE + Duration::from_secs(3));
+    assert!(started.elapsed() < http::SHUTDOWN_GRACE + Duration::from_secs(10));
     // The request's connection was closed under it.
     assert!(waiting.await.unwrap().is_err());
     s.store.close().await;
