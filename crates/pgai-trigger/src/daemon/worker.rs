@@ -353,14 +353,8 @@ impl Worker {
             for row in &batch.no_content {
                 let failure =
                     RowFailure::new("the row's content is NULL: there is no text to embed", true);
-                self.record_failure(
-                    db,
-                    &claim.with_rows(vec![row.clone()]),
-                    &row.id,
-                    &failure,
-                    shared,
-                )
-                .await?;
+                self.record_failure(db, claim, &row.id, &failure, shared)
+                    .await?;
             }
             let result = batch.vectors.await.unwrap_or_else(|_| {
                 Err(pgai_embed::EmbedError::Inference(
@@ -417,14 +411,8 @@ impl Worker {
                     "the embedding provider returned a vector with NaN or infinite values",
                     false,
                 );
-                self.record_failure(
-                    db,
-                    &claim.with_rows(vec![row.clone()]),
-                    &row.id,
-                    &failure,
-                    shared,
-                )
-                .await?;
+                self.record_failure(db, claim, &row.id, &failure, shared)
+                    .await?;
             }
         }
         if good.rows.is_empty() {
@@ -479,7 +467,7 @@ impl Worker {
                 Err(e) if e.is_row_level() => {
                     let failure =
                         RowFailure::new(format!("writing the vector was refused: {e}"), false);
-                    self.record_failure(db, &part, &row.id, &failure, shared)
+                    self.record_failure(db, claim, &row.id, &failure, shared)
                         .await?;
                 }
                 Err(e) => return Err(e),

@@ -219,8 +219,7 @@ impl Monitor {
 
     /// The queue's gauges, as the worker sampled them from the database.
     pub fn queue_sampled(&self, q: &crate::queue::QueueCounts, notification_queue_usage: f64) {
-        self.queue_depth
-            .store((q.pending + q.processing).max(0) as u64, Relaxed);
+        self.queue_depth.store(q.depth().max(0) as u64, Relaxed);
         self.oldest_pending_ms.store(
             (q.oldest_pending_secs.unwrap_or(0.0).max(0.0) * 1000.0) as u64,
             Relaxed,

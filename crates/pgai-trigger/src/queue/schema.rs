@@ -226,19 +226,14 @@ pub async fn init_with(
     dim: usize,
     notify: NotifyMode,
 ) -> Result<()> {
-    // The server's notices about our own DDL ("… already exists, skipping") are noise in the
-    // log of every start; warnings and errors still come through.
-    let result = client
-        .batch_execute(&format!(
-            "BEGIN;\nSET LOCAL client_min_messages = warning;\nSELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\nCOMMIT;",
+    let result = quiet_transaction(
+        client,
+        &format!(
+            "SELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}",
             ddl_with(table, dim, notify)
-        ))
-        .await;
-    if result.is_err() {
-        // A failed statement leaves the transaction open (aborted): close it, so the caller's
-        // connection stays usable.
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
+        ),
+    )
+    .await;
     result.map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
             // 0A000 feature_not_supported / 58P01 undefined_file: extension not installed
             Some("0A000") | Some("58P01") => Error::Schema(
@@ -260,19 +255,34 @@ pub async fn recreate_with(
     dim: usize,
     notify: NotifyMode,
 ) -> Result<()> {
-    let result = client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL client_min_messages = warning;
-             DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE; COMMIT;",
+    quiet_transaction(
+        client,
+        &format!(
+            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
             table.sql(),
             table.derived("requeue")
+        ),
+    )
+    .await?;
+    init_with(client, table, dim, notify).await
+}
+
+/// Runs `sql` in one transaction without the server's notices about our own DDL ("… already
+/// exists, skipping": noise in the log of every start; warnings and errors still come through).
+/// On failure the aborted transaction is rolled back, so the caller's connection stays usable.
+async fn quiet_transaction(
+    client: &Client,
+    sql: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let result = client
+        .batch_execute(&format!(
+            "BEGIN;\nSET LOCAL client_min_messages = warning;\n{sql}\nCOMMIT;"
         ))
         .await;
     if result.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
-    result?;
-    init_with(client, table, dim, notify).await
+    result
 }
 
 /// What `db status` reports.
