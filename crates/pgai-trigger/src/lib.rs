@@ -67,6 +67,7 @@ mod monitor;
 mod pg;
 mod queue;
 mod store;
+pub mod vectorizer;
 
 pub use config::defaults;
 pub use config::settings::{
