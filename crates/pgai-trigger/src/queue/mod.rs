@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 
 pub use claim::{Claim, ClaimedRow, Claimer, LEASE_EXPIRED_ERROR};
 pub use lease::Leases;
-pub use state::{QueueCounts, RowState};
+pub use state::{QueueCounts, RowState, HAS_VECTOR_IN_PLACE, HAS_VECTOR_QUEUED};
 pub use writeback::{RetryPolicy, Writer, Written};
 
 /// The default table of the original design.

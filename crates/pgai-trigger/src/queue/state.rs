@@ -42,6 +42,10 @@ pub enum RowState {
 const NEEDS: &str = "needs_embedding = TRUE";
 const NOT_FAILED: &str = "retry_status IS DISTINCT FROM 'failed'";
 const LEASED: &str = "claim_expires_at >= clock_timestamp()";
+/// "Has its vector" on the original table: the vector is in the row.
+pub const HAS_VECTOR_IN_PLACE: &str = "embedding IS NOT NULL";
+/// "Has its vector" on a vectorizer's queue table: the write-back stamped it.
+pub const HAS_VECTOR_QUEUED: &str = "embedded_at IS NOT NULL";
 const UNLEASED: &str = "(claim_expires_at IS NULL OR claim_expires_at < clock_timestamp())";
 
 impl RowState {
@@ -67,18 +71,23 @@ impl RowState {
         RowState::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
-    /// A boolean SQL expression over the table's columns (unqualified), true for rows in this
-    /// state.
+    /// A boolean SQL expression over the original table's columns (unqualified), true for rows
+    /// in this state.
     pub fn predicate(self) -> String {
+        self.predicate_with(HAS_VECTOR_IN_PLACE)
+    }
+
+    /// The same over any queue: `has_vector` is the queue's test for "this row has its vector"
+    /// ([`HAS_VECTOR_IN_PLACE`] on the original table, [`HAS_VECTOR_QUEUED`] on a vectorizer's
+    /// queue table, whose vectors live elsewhere).
+    pub fn predicate_with(self, has_vector: &str) -> String {
         match self {
             RowState::Pending => format!("({NEEDS} AND {NOT_FAILED} AND {UNLEASED})"),
             RowState::Processing => format!("({NEEDS} AND {NOT_FAILED} AND {LEASED})"),
             RowState::Failed => format!("({NEEDS} AND retry_status = 'failed')"),
-            RowState::Completed => {
-                "(needs_embedding IS NOT TRUE AND embedding IS NOT NULL)".to_string()
-            }
+            RowState::Completed => format!("(needs_embedding IS NOT TRUE AND ({has_vector}))"),
             RowState::NotQueued => {
-                "(needs_embedding IS NOT TRUE AND embedding IS NULL)".to_string()
+                format!("(needs_embedding IS NOT TRUE AND NOT coalesce(({has_vector}), FALSE))")
             }
         }
     }
