@@ -80,8 +80,8 @@ pub use error::{db_message, one_line, Error, Result};
 pub use monitor::{percentiles, ListenerHealth, Monitor, Percentiles, Stats};
 pub use pg::{connect, pg_config, within, Notification, Notifications};
 pub use queue::{
-    quote_ident, validate_identifier, Claim, ClaimedRow, Claimer, Leases, NotifyMode, QueueCounts,
-    RowState, Table, Writer, Written, CHANNEL_NEEDED, CHANNEL_READY, DEFAULT_TABLE,
+    quote_ident, validate_identifier, Claim, ClaimedRow, Claimer, Embedded, Leases, NotifyMode,
+    QueueCounts, RowState, Table, Writer, Written, CHANNEL_NEEDED, CHANNEL_READY, DEFAULT_TABLE,
     LEASE_EXPIRED_ERROR,
 };
 pub use store::{

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pgai_testkit::{cosine, fresh_database, wait_for};
-use pgai_trigger::{schema, Claimer, Config, Daemon, Table, Writer};
+use pgai_trigger::{schema, Claimer, Config, Daemon, Embedded, Table, Writer};
 use pgvector::Vector;
 use tokio_postgres::Client;
 
@@ -270,7 +270,7 @@ async fn stale_claims_never_write() {
     .await
     .unwrap();
     let written = writer
-        .complete(&db, &claim, vec![vec![0.5; 384]])
+        .complete(&db, &claim, vec![Embedded::single(vec![0.5; 384])])
         .await
         .unwrap();
     assert!(
@@ -298,13 +298,13 @@ async fn stale_claims_never_write() {
     let second = other.claim(&db, &[], 10, 30.0, 3).await.unwrap();
     assert_eq!(second.rows.len(), 1, "expired claim taken over");
     assert!(writer
-        .complete(&db, &first, vec![vec![0.5; 384]])
+        .complete(&db, &first, vec![Embedded::single(vec![0.5; 384])])
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
         writer
-            .complete(&db, &second, vec![vec![0.5; 384]])
+            .complete(&db, &second, vec![Embedded::single(vec![0.5; 384])])
             .await
             .unwrap()
             .len(),
@@ -323,7 +323,7 @@ async fn stale_claims_never_write() {
         .await
         .unwrap();
     assert!(writer
-        .complete(&db, &claim, vec![vec![0.5; 384]])
+        .complete(&db, &claim, vec![Embedded::single(vec![0.5; 384])])
         .await
         .unwrap()
         .is_empty());

@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use tokio_postgres::Client;
 
 use super::probe;
-use pgai_trigger::Claimer;
+use pgai_trigger::{Claimer, Embedded};
 use pgai_trigger::Writer;
 use pgai_trigger::{percentiles, Percentiles};
 use pgai_trigger::{quote_ident, schema, NotifyMode, Table};
@@ -97,7 +97,11 @@ pub async fn write_cost(
         if claim.rows.is_empty() {
             anyhow::bail!("the write-cost table ran out of pending rows after {done}");
         }
-        let v = claim.rows.iter().map(|r| vector_of(&r.id)).collect();
+        let v = claim
+            .rows
+            .iter()
+            .map(|r| Embedded::single(vector_of(&r.id)))
+            .collect();
         let s = Instant::now();
         writer.complete(db, &claim, v).await?;
         write_s += s.elapsed().as_secs_f64();
@@ -166,7 +170,11 @@ async fn lone_rows(
         let s = Instant::now();
         let claim = claimer.claim(db, &[format!("w-{i}")], 1, 30.0, 3).await?;
         claim_ms.push(s.elapsed().as_secs_f64() * 1e3);
-        let v = claim.rows.iter().map(|_| vector.clone()).collect();
+        let v = claim
+            .rows
+            .iter()
+            .map(|_| Embedded::single(vector.clone()))
+            .collect();
         let s = Instant::now();
         writer.complete(db, &claim, v).await?;
         write_ms.push(s.elapsed().as_secs_f64() * 1e3);

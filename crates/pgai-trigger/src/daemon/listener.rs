@@ -1,4 +1,6 @@
-//! Stage 2 of the flow: the wake-up. A dedicated connection LISTENs on `embedding_needed` and
+//! Stage 2 of the flow: the wake-up. A dedicated connection LISTENs on the channel of every queue
+//! the daemon serves (`embedding_needed` for the original table, `pgai_<name>` for each
+//! vectorizer, so two vectorizers never wake each other) and on the catalog's channel, and
 //! never opens a transaction (a listener idle in a transaction would stop the server's
 //! notification queue from being cleaned). Each notification is only a hint: it wakes the
 //! worker and names an id to claim first; the table stays the source of truth. After every
@@ -10,7 +12,7 @@
 //! then polls faster); three in a row and it reconnects. A failed probe statement or a closed
 //! connection reconnects at once, with jittered exponential backoff capped at 60 s.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ use super::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::monitor::{ListenerHealth, LogLimiter, Monitor};
 use crate::pg::Notifications;
-use crate::queue::CHANNEL_NEEDED;
+use crate::queue::{quote_ident, CHANNEL_NEEDED};
+use crate::vectorizer::CHANNEL_CATALOG;
 
 /// Self-probe interval; also the longest a silently dead connection goes unnoticed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -79,21 +82,103 @@ impl Hints {
     }
 }
 
-/// What the listener shares with the worker: the wake-up, the ids to claim first, and the
-/// listener's health (the worker polls faster while the listener is down or degraded).
+/// What the listener shares with one queue's worker: the wake-up, the ids to claim first, and
+/// the listener's health (the worker polls faster while the listener is down or degraded).
 pub struct Wake {
     pub notify: Notify,
     pub hints: Hints,
-    health: watch::Sender<ListenerHealth>,
+    health: watch::Receiver<ListenerHealth>,
 }
 
 impl Wake {
-    pub fn new() -> Wake {
-        Wake {
-            notify: Notify::new(),
-            hints: Hints::new(1024),
+    /// The listener's latest state.
+    pub fn health(&self) -> ListenerHealth {
+        *self.health.borrow()
+    }
+}
+
+/// Which queue's worker each channel wakes, the listener's health, and the catalog's wake-up.
+pub struct Router {
+    routes: Mutex<HashMap<String, Vec<Arc<Wake>>>>,
+    /// A channel was added: the listener LISTENs on it.
+    changed: Notify,
+    /// The vectorizer catalog changed (or may have: the listener reconnected).
+    pub catalog: Notify,
+    health: watch::Sender<ListenerHealth>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router {
+            routes: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            catalog: Notify::new(),
             health: watch::Sender::new(ListenerHealth::Down),
         }
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Wake>>>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A wake-up for a worker of a queue notified on `channel`.
+    pub fn add(&self, channel: &str) -> Arc<Wake> {
+        let wake = Arc::new(Wake {
+            notify: Notify::new(),
+            hints: Hints::new(1024),
+            health: self.health.subscribe(),
+        });
+        let fresh = {
+            let mut routes = self.routes();
+            let entry = routes.entry(channel.to_string()).or_default();
+            entry.push(wake.clone());
+            entry.len() == 1
+        };
+        if fresh {
+            self.changed.notify_one();
+        }
+        // Rows may be waiting already.
+        wake.notify.notify_one();
+        wake
+    }
+
+    /// Forgets a worker's wake-up (its vectorizer was dropped or changed).
+    pub fn remove(&self, channel: &str, wake: &Arc<Wake>) {
+        let mut routes = self.routes();
+        if let Some(list) = routes.get_mut(channel) {
+            list.retain(|w| !Arc::ptr_eq(w, wake));
+            if list.is_empty() {
+                routes.remove(channel);
+            }
+        }
+    }
+
+    fn channels(&self) -> Vec<String> {
+        self.routes().keys().cloned().collect()
+    }
+
+    /// Delivers a notification to the workers of its channel.
+    fn deliver(&self, channel: &str, payload: String) {
+        let routes = self.routes();
+        let Some(wakes) = routes.get(channel) else {
+            return;
+        };
+        for w in wakes {
+            if !payload.is_empty() {
+                w.hints.push(payload.clone());
+            }
+            w.notify.notify_one();
+        }
+    }
+
+    /// Wakes every worker (after a reconnect: notifications sent meanwhile are gone).
+    fn wake_all(&self) {
+        for wakes in self.routes().values() {
+            for w in wakes {
+                w.notify.notify_one();
+            }
+        }
+        self.catalog.notify_one();
     }
 
     /// The listener's latest state.
@@ -101,7 +186,7 @@ impl Wake {
         *self.health.borrow()
     }
 
-    /// The listener stopped (a panic): the worker polls faster, readiness turns false.
+    /// The listener stopped (a panic): the workers poll faster, readiness turns false.
     pub fn listener_down(&self, monitor: &Monitor) {
         self.set_health(ListenerHealth::Down, monitor);
     }
@@ -112,9 +197,9 @@ impl Wake {
     }
 }
 
-impl Default for Wake {
+impl Default for Router {
     fn default() -> Self {
-        Wake::new()
+        Router::new()
     }
 }
 
@@ -122,7 +207,7 @@ impl Default for Wake {
 pub async fn run(
     url: String,
     app_name: String,
-    wake: Arc<Wake>,
+    router: Arc<Router>,
     monitor: Arc<Monitor>,
     shutdown: CancellationToken,
 ) {
@@ -131,10 +216,10 @@ pub async fn run(
     let mut connected_before = false;
     while !shutdown.is_cancelled() {
         let outcome = tokio::select! {
-            r = listen_once(&url, &app_name, &wake, &monitor, &mut backoff, &mut connected_before) => r,
+            r = listen_once(&url, &app_name, &router, &monitor, &mut backoff, &mut connected_before) => r,
             _ = shutdown.cancelled() => break,
         };
-        wake.set_health(ListenerHealth::Down, &monitor);
+        router.set_health(ListenerHealth::Down, &monitor);
         let Err(e) = outcome;
         monitor.record_error(format!("listener: {e}"));
         if let Some(held) = errors.allow() {
@@ -146,7 +231,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    wake.set_health(ListenerHealth::Down, &monitor);
+    router.set_health(ListenerHealth::Down, &monitor);
 }
 
 /// One connection's life: connect, LISTEN, forward notifications, probe. Returns when the
@@ -154,24 +239,27 @@ pub async fn run(
 async fn listen_once(
     url: &str,
     app_name: &str,
-    wake: &Wake,
+    router: &Router,
     monitor: &Monitor,
     backoff: &mut Backoff,
     connected_before: &mut bool,
 ) -> Result<std::convert::Infallible> {
-    let mut notes =
-        Notifications::listen(url, app_name, &[CHANNEL_NEEDED], PROBE_EVERY * 2).await?;
-    wake.set_health(ListenerHealth::Listening, monitor);
+    let mut listening: HashSet<String> = router.channels().into_iter().collect();
+    listening.insert(CHANNEL_NEEDED.to_string());
+    listening.insert(CHANNEL_CATALOG.to_string());
+    let channels: Vec<&str> = listening.iter().map(String::as_str).collect();
+    let mut notes = Notifications::listen(url, app_name, &channels, PROBE_EVERY * 2).await?;
+    router.set_health(ListenerHealth::Listening, monitor);
     if *connected_before {
         monitor.reconnected();
         tracing::info!("listener reconnected");
     } else {
-        tracing::info!("listening on {CHANNEL_NEEDED}");
+        tracing::info!(channels = ?listening, "listening");
     }
     *connected_before = true;
     backoff.reset();
     // Catch up: whatever was committed while nobody listened.
-    wake.notify.notify_one();
+    router.wake_all();
 
     let probe_tag = format!("{PROBE_PREFIX}{}:", std::process::id());
     let mut sent = 0u64;
@@ -182,31 +270,49 @@ async fn listen_once(
     loop {
         tokio::select! {
             n = notes.recv() => {
-                let payload = n?.payload;
-                if payload.starts_with(PROBE_PREFIX) {
-                    if payload.starts_with(&probe_tag) {
+                let n = n?;
+                if n.payload.starts_with(PROBE_PREFIX) {
+                    if n.payload.starts_with(&probe_tag) {
                         seen += 1;
                     }
                     continue;
                 }
-                monitor.notification_received();
-                if !payload.is_empty() {
-                    wake.hints.push(payload);
+                if n.channel == CHANNEL_CATALOG {
+                    router.catalog.notify_one();
+                    continue;
                 }
-                wake.notify.notify_one();
+                monitor.notification_received();
+                router.deliver(&n.channel, n.payload);
+            }
+            _ = router.changed.notified() => {
+                let new: Vec<String> = router
+                    .channels()
+                    .into_iter()
+                    .filter(|c| !listening.contains(c))
+                    .collect();
+                if !new.is_empty() {
+                    let sql: String = new.iter().map(|c| format!("LISTEN {};", quote_ident(c))).collect();
+                    tokio::time::timeout(PROBE_EVERY, notes.client().batch_execute(&sql))
+                        .await
+                        .map_err(|_| Error::Connection("LISTEN timed out".into()))??;
+                    tracing::info!(channels = ?new, "listening");
+                    listening.extend(new);
+                    // Rows committed before the LISTEN took effect sent their hints to nobody.
+                    router.wake_all();
+                }
             }
             _ = probe_tick.tick() => {
                 // Judge the probe sent one interval ago, then send the next one.
                 if sent > 0 {
                     if seen >= sent {
                         lost_in_a_row = 0;
-                        if wake.health() == ListenerHealth::Degraded {
+                        if router.health() == ListenerHealth::Degraded {
                             tracing::info!("listener probes come back again");
                         }
-                        wake.set_health(ListenerHealth::Listening, monitor);
+                        router.set_health(ListenerHealth::Listening, monitor);
                     } else {
                         lost_in_a_row += 1;
-                        wake.set_health(ListenerHealth::Degraded, monitor);
+                        router.set_health(ListenerHealth::Degraded, monitor);
                         monitor.probe_lost();
                         tracing::warn!(lost_in_a_row, "listener self-probe did not come back; polling faster");
                         if lost_in_a_row >= LOST_PROBES_BEFORE_RECONNECT {

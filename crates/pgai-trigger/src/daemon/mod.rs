@@ -1,9 +1,14 @@
-//! The daemon: stage 2 (the [`listener`]) and stages 3–5 run by the [`worker`] (claim →
+//! The daemon: stage 2 (the [`listener`]) and stages 3–5 run by a [`worker`] per queue (claim →
 //! embed on the [`model`] thread → write back), started and stopped as one. The worker backs
 //! off a failing provider with the [`breaker`]; connections back off with [`backoff`].
+//!
+//! Queues: the configured table (the original design's, always), and every vectorizer of the
+//! catalog whose model is this daemon's; the [`fleet`] keeps one worker per vectorizer running,
+//! reloading the catalog on its notification and every second.
 
 pub(crate) mod backoff;
 pub(crate) mod breaker;
+pub(crate) mod fleet;
 pub(crate) mod listener;
 pub(crate) mod model;
 pub(crate) mod worker;
@@ -40,6 +45,13 @@ impl Daemon {
             )
             .await?;
             crate::queue::schema::verify(&client, &config.table, embed.dim()).await?;
+            crate::vectorizer::catalog::register_in_place(
+                &client,
+                &config.table,
+                embed.model_name(),
+                embed.dim(),
+            )
+            .await?;
             drop(client);
             if let Err(e) = task.await {
                 tracing::debug!(error = %e, "start-up check connection task");
@@ -47,7 +59,9 @@ impl Daemon {
         }
         let config = Arc::new(config);
         let monitor = Arc::new(Monitor::default());
-        let wake = Arc::new(listener::Wake::new());
+        let router = Arc::new(listener::Router::new());
+        let wake = router.add(config.table.channel());
+        let chunker = Arc::new(worker::ChunkerSlot::new());
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         if config.immediate_trigger {
@@ -55,9 +69,9 @@ impl Daemon {
                 config.database_url.clone(),
                 format!("pgai-trigger {} listener", config.worker_id),
             );
-            let (w, m, stop) = (wake.clone(), monitor.clone(), shutdown.clone());
+            let (w, m, stop) = (router.clone(), monitor.clone(), shutdown.clone());
             let down = {
-                let (w, m) = (wake.clone(), monitor.clone());
+                let (w, m) = (router.clone(), monitor.clone());
                 move || w.listener_down(&m)
             };
             tasks.push(tokio::spawn(supervise(
@@ -70,9 +84,12 @@ impl Daemon {
         }
         let worker = Worker {
             config: config.clone(),
-            embed,
+            queue: Arc::new(config.table.clone()),
+            chunker: chunker.clone(),
+            embed: embed.clone(),
             wake,
             monitor: monitor.clone(),
+            primary: true,
         };
         let stop = shutdown.clone();
         let m = monitor.clone();
@@ -82,6 +99,21 @@ impl Daemon {
             shutdown.clone(),
             move || m.worker_connected(false),
             move || worker.clone().run(stop.clone()),
+        )));
+        let fleet = fleet::Fleet {
+            config: config.clone(),
+            embed,
+            router,
+            chunker,
+            monitor: monitor.clone(),
+        };
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(supervise(
+            "vectorizers",
+            monitor.clone(),
+            shutdown.clone(),
+            || {},
+            move || fleet.clone().run(stop.clone()),
         )));
         tracing::info!(
             worker = %config.worker_id,

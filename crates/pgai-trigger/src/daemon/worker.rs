@@ -33,7 +33,9 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::monitor::{ListenerHealth, LogLimiter, Monitor};
 use crate::pg::within;
-use crate::queue::{Claim, ClaimedRow, Claimer, Leases, QueueCounts, RetryPolicy, Writer};
+use crate::queue::{
+    Claim, ClaimedRow, Claimer, Embedded, Leases, QueueCounts, RetryPolicy, Table, Writer,
+};
 
 /// Batches claimed but not yet written: one being embedded, one being written.
 pub const BATCHES_IN_FLIGHT: usize = 2;
@@ -51,10 +53,14 @@ const MAX_ERROR_CHARS: usize = 1000;
 
 /// A claimed batch whose vectors are being computed.
 struct InFlight {
-    /// The rows with a text, in the order of the vectors.
+    /// The rows with a text, in the order of `texts`.
     claim: Claim,
-    /// Rows of the same claim whose content is NULL: nothing to embed, they fail at once.
-    no_content: Vec<ClaimedRow>,
+    /// What is embedded for each row: its text, or its chunks.
+    texts: Vec<Vec<String>>,
+    /// Rows of the same claim that cannot be embedded (a NULL content, a text the chunker
+    /// refused), each with its reason: they fail at once.
+    unusable: Vec<(ClaimedRow, String)>,
+    /// The vectors of `texts`, flattened in order.
     vectors: oneshot::Receiver<EmbedResult>,
     _permit: OwnedSemaphorePermit,
 }
@@ -86,11 +92,18 @@ impl RowFailure {
 #[derive(Clone)]
 pub struct Worker {
     pub config: Arc<Config>,
+    /// The queue this worker serves (the original table, or a vectorizer's).
+    pub queue: Arc<Table>,
+    /// The tokenizer that cuts chunked texts, loaded on first use.
+    pub chunker: Arc<ChunkerSlot>,
     pub embed: EmbedService,
     /// Signalled by the listener on each notification (and once after each LISTEN); carries
     /// the listener's health.
     pub wake: Arc<Wake>,
     pub monitor: Arc<Monitor>,
+    /// The worker of the configured table: its connection state is the daemon's readiness.
+    /// (A vectorizer's worker reports its troubles in the log and the vectorizer's status.)
+    pub primary: bool,
 }
 
 /// State shared by the claim and write loops, kept across reconnects.
@@ -120,6 +133,12 @@ impl Shared {
 }
 
 impl Worker {
+    fn connected(&self, up: bool) {
+        if self.primary {
+            self.monitor.worker_connected(up);
+        }
+    }
+
     /// The provider embedded something: close the breaker and clear the paused gauge.
     fn provider_ok(&self, shared: &Shared) {
         shared.breaker().on_success();
@@ -164,7 +183,7 @@ impl Worker {
             {
                 Ok(()) => break,
                 Err(e) => {
-                    self.monitor.worker_connected(false);
+                    self.connected(false);
                     self.monitor.record_error(format!("worker: {e}"));
                     if let Some(held) = errors.allow() {
                         tracing::warn!(error = %e, suppressed = held, "worker connection lost; reconnecting");
@@ -176,7 +195,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
             }
         }
-        self.monitor.worker_connected(false);
+        self.connected(false);
     }
 
     async fn run_connected(
@@ -196,9 +215,9 @@ impl Worker {
             for db in [&claim_db, &write_db] {
                 db.batch_execute("SET synchronous_commit = off").await?;
             }
-            let claimer = Claimer::prepare(&claim_db, &cfg.table, &cfg.worker_id).await?;
-            let writer = Writer::prepare(&write_db, &cfg.table, self.embed.model_name()).await?;
-            let leases = Leases::prepare(&write_db, &cfg.table).await?;
+            let claimer = Claimer::prepare(&claim_db, &self.queue, &cfg.worker_id).await?;
+            let writer = Writer::prepare(&write_db, &self.queue, self.embed.model_name()).await?;
+            let leases = Leases::prepare(&write_db, &self.queue).await?;
             Ok((
                 claimer,
                 WriteSide {
@@ -226,7 +245,7 @@ impl Worker {
             Err(e) => return Err(e),
         }
         shared.active().clear();
-        self.monitor.worker_connected(true);
+        self.connected(true);
         if *connected_before {
             self.monitor.reconnected();
             tracing::info!("worker reconnected");
@@ -310,25 +329,21 @@ impl Worker {
                 continue;
             }
             shared.active().insert(claim.token.clone());
-            let (with_text, no_content): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
-                claim.rows.drain(..).partition(|r| r.content.is_some());
-            claim.rows = with_text;
-            let texts: Vec<String> = claim
-                .rows
-                .iter()
-                .filter_map(|r| r.content.clone())
-                .collect();
-            let vectors = if texts.is_empty() {
+            let (rows, texts, unusable) = self.texts_of(std::mem::take(&mut claim.rows)).await;
+            claim.rows = rows;
+            let flat: Vec<String> = texts.concat();
+            let vectors = if flat.is_empty() {
                 let (reply, rx) = oneshot::channel();
                 let _ = reply.send(Ok((Vec::new(), Duration::ZERO)));
                 rx
             } else {
-                self.embed.submit(texts).await
+                self.embed.submit(flat).await
             };
             if tx
                 .send(InFlight {
                     claim,
-                    no_content,
+                    texts,
+                    unusable,
                     vectors,
                     _permit: permit,
                 })
@@ -350,9 +365,8 @@ impl Worker {
     ) -> Result<()> {
         while let Some(batch) = rx.recv().await {
             let claim = &batch.claim;
-            for row in &batch.no_content {
-                let failure =
-                    RowFailure::new("the row's content is NULL: there is no text to embed", true);
+            for (row, reason) in &batch.unusable {
+                let failure = RowFailure::new(reason, true);
                 self.record_failure(db, claim, &row.id, &failure, shared)
                     .await?;
             }
@@ -364,13 +378,15 @@ impl Worker {
             match result {
                 _ if claim.rows.is_empty() => {}
                 Ok((vectors, _took)) => {
-                    self.write_checked(db, claim, vectors, shared).await?;
+                    let rows = self.regroup(&batch.texts, vectors);
+                    self.write_checked(db, claim, rows, shared).await?;
                     self.provider_ok(shared);
                 }
                 Err(e) if claim.rows.len() > 1 => {
                     // One bad row must not cost the others an attempt: embed them one by one.
                     tracing::debug!(error = %e, "batch failed; retrying its rows one by one");
-                    self.embed_one_by_one(db, claim, shared).await?;
+                    self.embed_one_by_one(db, claim, &batch.texts, shared)
+                        .await?;
                 }
                 Err(e) => {
                     self.failed(
@@ -394,16 +410,16 @@ impl Worker {
         &self,
         db: &WriteSide<'_>,
         claim: &Claim,
-        vectors: Vec<Vec<f32>>,
+        rows: Vec<Embedded>,
         shared: &Shared,
     ) -> Result<()> {
-        if vectors.iter().all(|v| v.iter().all(|x| x.is_finite())) {
-            return self.write(db, claim, vectors, shared).await;
+        if rows.iter().all(Embedded::is_finite) {
+            return self.write(db, claim, rows, shared).await;
         }
         let mut good = claim.with_rows(Vec::new());
         let mut good_vectors = Vec::new();
-        for (row, v) in claim.rows.iter().zip(vectors) {
-            if v.iter().all(|x| x.is_finite()) {
+        for (row, v) in claim.rows.iter().zip(rows) {
+            if v.is_finite() {
                 good.rows.push(row.clone());
                 good_vectors.push(v);
             } else {
@@ -427,7 +443,7 @@ impl Worker {
         &self,
         db: &WriteSide<'_>,
         claim: &Claim,
-        vectors: Vec<Vec<f32>>,
+        vectors: Vec<Embedded>,
         shared: &Shared,
     ) -> Result<()> {
         let alone = claim.rows.len() == 1;
@@ -480,14 +496,15 @@ impl Worker {
         &self,
         db: &WriteSide<'_>,
         claim: &Claim,
+        texts: &[Vec<String>],
         shared: &Shared,
     ) -> Result<()> {
-        for (i, row) in claim.rows.iter().enumerate() {
+        for (i, (row, texts)) in claim.rows.iter().zip(texts).enumerate() {
             let part = claim.with_rows(vec![row.clone()]);
-            let text = row.content.clone().unwrap_or_default();
-            match self.embed.embed(vec![text]).await {
+            match self.embed.embed(texts.clone()).await {
                 Ok(v) => {
-                    self.write_checked(db, &part, v, shared).await?;
+                    let rows = self.regroup(std::slice::from_ref(texts), v);
+                    self.write_checked(db, &part, rows, shared).await?;
                     self.provider_ok(shared);
                 }
                 Err(e) => {
@@ -507,6 +524,91 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// What to embed for each claimed row: its text, or its chunks. Rows without a text (a NULL
+    /// content) or whose text the chunker refuses come back apart, with the reason.
+    async fn texts_of(
+        &self,
+        rows: Vec<ClaimedRow>,
+    ) -> (Vec<ClaimedRow>, Vec<Vec<String>>, Vec<(ClaimedRow, String)>) {
+        const NO_TEXT: &str = "the row's content is NULL: there is no text to embed";
+        let (with_text, mut unusable): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+            rows.into_iter().partition(|r| r.content.is_some());
+        let mut unusable: Vec<(ClaimedRow, String)> = unusable
+            .drain(..)
+            .map(|r| (r, NO_TEXT.to_string()))
+            .collect();
+        let Some((tokens, overlap)) = self.queue.chunking() else {
+            let texts = with_text
+                .iter()
+                .map(|r| vec![r.content.clone().unwrap_or_default()])
+                .collect();
+            return (with_text, texts, unusable);
+        };
+        // Tokenizing is CPU work: off the async threads.
+        let slot = self.chunker.clone();
+        let split = tokio::task::spawn_blocking(move || {
+            let chunked = slot.get().map(|chunker| {
+                let opts =
+                    pgai_embed::ChunkOptions::new(tokens, overlap).map_err(|e| e.to_string())?;
+                Ok::<_, String>(
+                    with_text
+                        .iter()
+                        .map(|r| {
+                            chunker
+                                .split(r.content.as_deref().unwrap_or_default(), &opts)
+                                .map(|cs| cs.into_iter().map(|c| c.text).collect::<Vec<_>>())
+                                .map_err(|e| format!("the text could not be cut into chunks: {e}"))
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            });
+            (with_text, chunked)
+        })
+        .await;
+        let (with_text, chunked) = match split {
+            Ok(v) => v,
+            Err(e) => {
+                // The rows stay claimed by nobody's batch: their lease expires and they are
+                // taken again; the panic is reported.
+                self.monitor.record_error(format!("chunking panicked: {e}"));
+                return (Vec::new(), Vec::new(), unusable);
+            }
+        };
+        let mut rows = Vec::new();
+        let mut texts = Vec::new();
+        match chunked {
+            Ok(Ok(per_row)) => {
+                for (row, r) in with_text.into_iter().zip(per_row) {
+                    match r {
+                        Ok(chunks) => {
+                            rows.push(row);
+                            texts.push(chunks);
+                        }
+                        Err(e) => unusable.push((row, e)),
+                    }
+                }
+            }
+            Ok(Err(e)) | Err(e) => {
+                let reason = format!("chunking is not possible: {e}");
+                unusable.extend(with_text.into_iter().map(|r| (r, reason.clone())));
+            }
+        }
+        (rows, texts, unusable)
+    }
+
+    /// Cuts the flat vectors of a batch back into one [`Embedded`] per row.
+    fn regroup(&self, texts: &[Vec<String>], vectors: Vec<Vec<f32>>) -> Vec<Embedded> {
+        let keep_texts = self.queue.writes_chunks();
+        let mut vectors = vectors.into_iter();
+        texts
+            .iter()
+            .map(|t| Embedded {
+                chunks: if keep_texts { t.clone() } else { Vec::new() },
+                vectors: vectors.by_ref().take(t.len()).collect(),
+            })
+            .collect()
     }
 
     /// An embedding failed for a row: an attempt on the row, or, when the provider looks down,
@@ -633,7 +735,7 @@ impl Worker {
                 }
                 _ = sample_tick.tick() => {
                     let (counts, usage) = within("queue sample", async {
-                        let counts = QueueCounts::read_queued(db.client, &cfg.table).await?;
+                        let counts = QueueCounts::read_queued(db.client, &self.queue).await?;
                         let usage: f64 = db.client
                             .query_one("SELECT pg_notification_queue_usage()", &[])
                             .await?
@@ -641,7 +743,9 @@ impl Worker {
                         Ok((counts, usage))
                     })
                     .await?;
-                    self.monitor.queue_sampled(&counts, usage);
+                    if self.primary {
+                        self.monitor.queue_sampled(&counts, usage);
+                    }
                 }
             }
         }
@@ -684,4 +788,36 @@ struct WriteSide<'a> {
     client: &'a Client,
     writer: Writer,
     leases: Leases,
+}
+
+/// The chunker, loaded once per daemon on first use: the tokenizer of the local model (whose
+/// window the chunk sizes are counted in), or why it could not be loaded.
+pub struct ChunkerSlot {
+    cell: std::sync::OnceLock<std::result::Result<pgai_embed::Chunker, String>>,
+}
+
+impl ChunkerSlot {
+    pub fn new() -> ChunkerSlot {
+        ChunkerSlot {
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The chunker (loading it; blocking: call off the async threads).
+    fn get(&self) -> std::result::Result<&pgai_embed::Chunker, String> {
+        self.cell
+            .get_or_init(|| {
+                pgai_embed::ModelFiles::locate()
+                    .and_then(|files| pgai_embed::Chunker::from_files(&files))
+                    .map_err(|e| format!("the tokenizer for chunking could not be loaded: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl Default for ChunkerSlot {
+    fn default() -> Self {
+        ChunkerSlot::new()
+    }
 }

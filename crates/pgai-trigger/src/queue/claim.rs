@@ -30,6 +30,9 @@ pub struct ClaimedRow {
     pub content: Option<String>,
     /// The content version at claim time; the write-back is void if the row has moved on.
     pub version: i64,
+    /// md5 of the text, for a vectorizer's queue (kept at write-back: an update that leaves
+    /// the rendered text equal is not queued again); `None` on the original table.
+    pub hash: Option<String>,
 }
 
 /// A batch of rows claimed together under one token.
@@ -63,7 +66,14 @@ pub const LEASE_EXPIRED_ERROR: &str =
 
 /// The claim statement; `pick` selects candidate ids (`$1` limit, `$5` hinted ids, `$6` ids to
 /// leave out).
-fn claim_sql(t: &str, pick: &str) -> String {
+fn claim_sql(table: &Table, pick: &str) -> String {
+    let t = table.sql();
+    let content = table.content_sql();
+    let hash = if table.in_place() {
+        "NULL::text"
+    } else {
+        "md5(content)"
+    };
     // In SET and WHERE, r.* are the row's values before this UPDATE. A NULL retry_count counts
     // as 0 (rows inserted with explicit NULLs, or from an older schema).
     let expired = "r.claimed_by IS NOT NULL";
@@ -89,18 +99,21 @@ fn claim_sql(t: &str, pick: &str) -> String {
                    queued_at        = coalesce(r.queued_at, clock_timestamp())
               FROM picked
              WHERE r.id = picked.id
-         RETURNING r.id, r.content, r.content_version, r.claimed_by
+         RETURNING r.id, {content} AS content, r.content_version, r.claimed_by
          )
-         SELECT id, content, content_version FROM taken WHERE claimed_by = $2"
+         SELECT id, content, content_version, {hash} FROM taken WHERE claimed_by = $2"
     )
 }
 
 impl Claimer {
     pub async fn prepare(client: &Client, table: &Table, owner: &str) -> Result<Claimer> {
         let t = table.sql();
-        let by_id = claim_sql(&t, "AND id = ANY($5::text[]) LIMIT $1");
+        let by_id = claim_sql(table, "AND id = ANY($5::text[]) LIMIT $1");
         // Binds $5 too, so both statements take the same parameters.
-        let oldest = claim_sql(&t, "AND $5::text[] IS NOT NULL ORDER BY queued_at LIMIT $1");
+        let oldest = claim_sql(
+            table,
+            "AND $5::text[] IS NOT NULL ORDER BY queued_at LIMIT $1",
+        );
         // The rows a claim would pick, without locking them: the one-by-one fallback's lists.
         let due = RowState::due_predicate();
         let hinted_candidates = format!(
@@ -238,6 +251,7 @@ impl Claimer {
                 id: r.get(0),
                 content: r.get(1),
                 version: r.get(2),
+                hash: r.get(3),
             })
             .collect())
     }

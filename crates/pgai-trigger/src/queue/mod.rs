@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 pub use claim::{Claim, ClaimedRow, Claimer, LEASE_EXPIRED_ERROR};
 pub use lease::Leases;
 pub use state::{QueueCounts, RowState, HAS_VECTOR_IN_PLACE, HAS_VECTOR_QUEUED};
+pub use writeback::Embedded;
 pub use writeback::{RetryPolicy, Writer, Written};
 
 /// The default table of the original design.
@@ -38,28 +39,158 @@ pub const CHANNEL_READY: &str = "embedding_ready";
 /// an empty payload still wakes the daemon.
 pub const MAX_PAYLOAD_ID_BYTES: usize = 7900;
 
-/// A validated table name. Only plain lower-case identifiers are accepted, and they are quoted
-/// anyway wherever they reach SQL.
+/// A queue the daemon serves, and the one place that knows its SQL shape: which relation holds
+/// the queue rows, how a row's text is read, whether a row has its vector, where vectors go.
+///
+/// Two shapes share every claim, lease, retry and write-back statement:
+/// - the original table ([`Table::new`]): the queue columns sit on the source row itself, the
+///   text is its `content`, the vector its `embedding`;
+/// - a vectorizer ([`Table::from_vectorizer`]): a queue table `pgai."<name>_queue"` keyed by the
+///   source's key, the text rendered from the source row by the vectorizer's template, the
+///   vectors written to a column of the source row or to a chunk table.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Table {
     name: String,
+    /// The queue relation, quoted (and schema-qualified for a vectorizer).
+    relation: String,
+    /// The text of queue row `r`, as SQL.
+    content: String,
+    /// "Has its vector", over the queue row's columns.
+    has_vector: &'static str,
+    /// The channel the source's trigger wakes the daemon on.
+    channel: String,
+    target: Target,
+    /// Word pieces per chunk and overlap, when the text is chunked.
+    chunking: Option<(usize, usize)>,
+}
+
+/// Where a queue's vectors are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The queue row's own `embedding` column (the original table).
+    InPlace,
+    /// A vector column of the source row: `UPDATE source SET column = … WHERE key matches`.
+    Column {
+        source: String,
+        column: String,
+        /// `s."a" = done."k_a" AND …`: the source row of a written queue row.
+        join: String,
+    },
+    /// A chunk table: the row's chunks replaced in the write-back statement.
+    Chunks {
+        table: String,
+        /// The key columns of the chunk table (the source's names), quoted, in key order.
+        keys: Vec<String>,
+        /// The same columns on the queue row: `done."k_a"`, ….
+        queue_keys: Vec<String>,
+    },
 }
 
 impl Table {
+    /// The original table `name` (validated: a plain lower-case identifier).
     pub fn new(name: &str) -> Result<Table> {
         validate_identifier(name)?;
         Ok(Table {
             name: name.to_string(),
+            relation: quote_ident(name),
+            content: "r.content".into(),
+            has_vector: HAS_VECTOR_IN_PLACE,
+            channel: CHANNEL_NEEDED.into(),
+            target: Target::InPlace,
+            chunking: None,
         })
     }
+
+    /// The queue of a vectorizer from the catalog.
+    pub fn from_vectorizer(v: &crate::vectorizer::Vectorizer) -> Result<Table> {
+        use crate::vectorizer::Destination;
+        if v.destination == Destination::InPlace {
+            let mut t = Table::new(&v.queue_table)?;
+            t.name = v.name.clone();
+            return Ok(t);
+        }
+        let qualified =
+            |schema: &str, name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let source = qualified(&v.source_schema, &v.source_table);
+        let queue_key = |k: &str| quote_ident(&format!("k_{k}"));
+        let join_on = |left: &str, right: &str| {
+            v.key_columns
+                .iter()
+                .map(|k| format!("{left}.{} = {right}.{}", quote_ident(k), queue_key(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let target = match v.destination {
+            Destination::Column => Target::Column {
+                source: source.clone(),
+                column: quote_ident(&v.dest_name),
+                join: join_on("s", "done"),
+            },
+            _ => Target::Chunks {
+                table: qualified(&v.dest_schema, &v.dest_name),
+                keys: v.key_columns.iter().map(|k| quote_ident(k)).collect(),
+                queue_keys: v
+                    .key_columns
+                    .iter()
+                    .map(|k| format!("done.{}", queue_key(k)))
+                    .collect(),
+            },
+        };
+        let chunking = match (v.chunk_tokens, v.chunk_overlap) {
+            (Some(t), o) => Some((t.max(0) as usize, o.unwrap_or(0).max(0) as usize)),
+            (None, _) => None,
+        };
+        Ok(Table {
+            name: v.name.clone(),
+            relation: qualified(&v.queue_schema, &v.queue_table),
+            content: format!(
+                "(SELECT {} FROM {source} AS s WHERE {})",
+                v.text_sql,
+                join_on("s", "r")
+            ),
+            has_vector: HAS_VECTOR_QUEUED,
+            channel: v.channel.clone(),
+            target,
+            chunking,
+        })
+    }
+
+    /// The table's name, or the vectorizer's.
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The table as it appears in SQL.
+    /// The queue relation as it appears in SQL.
     pub fn sql(&self) -> String {
-        quote_ident(&self.name)
+        self.relation.clone()
     }
-    /// A derived object name (index, trigger, function), quoted.
+    /// The channel its writes wake the daemon on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+    /// Word pieces per chunk (including `[CLS]`/`[SEP]`) and overlap, when chunked.
+    pub fn chunking(&self) -> Option<(usize, usize)> {
+        self.chunking
+    }
+    /// Whether the queue is the original table (its rows hold their own text and vector).
+    pub fn in_place(&self) -> bool {
+        self.target == Target::InPlace
+    }
+    /// Whether vectors go to a chunk table (each row's texts are written with its vectors).
+    pub fn writes_chunks(&self) -> bool {
+        matches!(self.target, Target::Chunks { .. })
+    }
+    /// The text of queue row `r` as SQL.
+    pub(crate) fn content_sql(&self) -> &str {
+        &self.content
+    }
+    /// "Has its vector" over the queue row.
+    pub(crate) fn has_vector(&self) -> &'static str {
+        self.has_vector
+    }
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+    /// A derived object name (index, trigger, function) of the original table, quoted.
     pub(crate) fn derived(&self, suffix: &str) -> String {
         quote_ident(&format!("{}_{suffix}", self.name))
     }
@@ -67,9 +198,7 @@ impl Table {
 
 impl Default for Table {
     fn default() -> Table {
-        Table {
-            name: DEFAULT_TABLE.to_string(),
-        }
+        Table::new(DEFAULT_TABLE).expect("the default table name is valid")
     }
 }
 

@@ -146,7 +146,12 @@ impl QueueCounts {
     /// embedding (the partial queue index: cheap on a large table), leaving `rows`,
     /// `completed` and `not_queued` at 0.
     pub fn sql(table: &Table, queued_only: bool) -> String {
-        let f = |r: RowState| format!("count(*) FILTER (WHERE {})", r.predicate());
+        let f = |r: RowState| {
+            format!(
+                "count(*) FILTER (WHERE {})",
+                r.predicate_with(table.has_vector())
+            )
+        };
         format!(
             "SELECT count(*), {}, {}, {}, {}, {},
                     (extract(epoch FROM clock_timestamp() - min(queued_at) FILTER (WHERE {})))::float8
