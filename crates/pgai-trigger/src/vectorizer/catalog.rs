@@ -702,7 +702,7 @@ RETURNS TABLE(name text, source text, destination text, model text, rows bigint,
               pending bigint, processing bigint, failed bigint, not_queued bigint,
               coverage_pct float8, lag_secs float8, latency_p50_ms float8, latency_p99_ms float8,
               throughput_per_min bigint, not_migrated bigint, last_error text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 #variable_conflict use_column
 DECLARE
     v        pgai.vectorizers;
