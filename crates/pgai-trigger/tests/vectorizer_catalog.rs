@@ -200,7 +200,7 @@ async fn create_backfills_and_the_triggers_queue_only_changed_text() {
     );
     assert_eq!(v.channel, "pgai_docs");
     // The catalog and the vectorizer announce themselves.
-    let mut got = vec![next(&mut notes).await, next(&mut notes).await];
+    let mut got = [next(&mut notes).await, next(&mut notes).await];
     got.sort_by(|a, b| a.channel.cmp(&b.channel));
     assert_eq!(
         (got[0].channel.as_str(), got[0].payload.as_str()),
