@@ -172,6 +172,19 @@ async fn db_init_installs_the_catalog_idempotently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_before_db_init_says_what_to_run() {
+    let url = fresh_database("vz_noinit").await;
+    let (db, _task) = pgai_trigger::connect(&url, "vectorizer test")
+        .await
+        .unwrap();
+    let e = catalog::register_in_place(&db, &Table::default(), pgai_embed::MODEL_NAME, DIM)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run `pgai-trigger db init`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_backfills_and_the_triggers_queue_only_changed_text() {
     let (url, db) = setup("vz_create").await;
     documents(&db).await;

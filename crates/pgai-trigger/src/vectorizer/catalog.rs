@@ -9,7 +9,7 @@
 
 use tokio_postgres::Client;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::queue::{
     RowState, Table, CHANNEL_NEEDED, HAS_VECTOR_IN_PLACE, HAS_VECTOR_QUEUED, MAX_PAYLOAD_ID_BYTES,
 };
@@ -64,7 +64,16 @@ pub async fn register_in_place(
             "SELECT pgai.register_in_place($1, $2, $3)",
             &[&table.name(), &model, &(dim as i32)],
         )
-        .await?;
+        .await
+        .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
+            // 3F000 invalid_schema_name / 42883 undefined_function: a database from before
+            // vectorizers.
+            Some("3F000") | Some("42883") => Error::Schema(
+                "the vectorizer catalog is not installed in this database: run `pgai-trigger db init`"
+                    .into(),
+            ),
+            _ => Error::Db(e),
+        })?;
     Ok(())
 }
 
