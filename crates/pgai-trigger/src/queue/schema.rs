@@ -10,6 +10,9 @@
 //! `db init` also adopts a table made with the original design's DDL: an index counts by its
 //! definition, whatever its name (the original's HNSW index is kept, not doubled), and a name
 //! already taken by an index of another definition does not stop ours being created.
+//!
+//! `db init` also installs the vectorizer catalog (schema `pgai`, see `vectorizer::catalog`) in
+//! the same transaction and registers the table there as the `in_place` vectorizer of its name.
 
 use tokio_postgres::Client;
 
@@ -17,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::queue::{
     NotifyMode, QueueCounts, RowState, Table, CHANNEL_NEEDED, MAX_PAYLOAD_ID_BYTES,
 };
+use crate::vectorizer::catalog;
 
 /// The idempotent DDL for `table` with vectors of `dim` dimensions, row-level notifications.
 pub fn ddl(table: &Table, dim: usize) -> String {
@@ -229,8 +233,11 @@ pub async fn init_with(
     let result = quiet_transaction(
         client,
         &format!(
-            "SELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}",
-            ddl_with(table, dim, notify)
+            "SELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\n{}\n{}",
+            ddl_with(table, dim, notify),
+            // The vectorizer catalog, with the table as its `in_place` row.
+            catalog::ddl(),
+            catalog::register_unless_present(table, pgai_embed::MODEL_NAME, dim),
         ),
     )
     .await;
@@ -258,9 +265,10 @@ pub async fn recreate_with(
     quiet_transaction(
         client,
         &format!(
-            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
+            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;\n{}",
             table.sql(),
-            table.derived("requeue")
+            table.derived("requeue"),
+            catalog::unregister(table),
         ),
     )
     .await?;
