@@ -5,6 +5,11 @@
 
 use tokio_postgres::{Client, Row};
 
+pub mod admin;
+pub use admin::{
+    Action, Applied, VectorHit, VectorSearch, VectorizerSpec, VectorizerStatus,
+};
+
 use crate::error::Result;
 
 /// Where a vectorizer's vectors go.
