@@ -308,6 +308,45 @@ pub async fn status(client: &Client, name: &str) -> Result<Option<VectorizerStat
     .map(VectorizerStatus::from_row))
 }
 
+/// A catalog row with its status (`vectorizer show`, `GET /v1/vectorizers/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VectorizerInfo {
+    #[serde(flatten)]
+    pub vectorizer: Vectorizer,
+    pub status: Option<VectorizerStatus>,
+}
+
+/// Every vectorizer with its status, by name.
+pub async fn list_info(client: &Client) -> Result<Vec<VectorizerInfo>> {
+    let mut status: std::collections::HashMap<String, VectorizerStatus> = list_status(client)
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let all = Vectorizer::load_all(client).await.map_err(|e| match e {
+        Error::Db(e) => map_db_error(e),
+        e => e,
+    })?;
+    Ok(all
+        .into_iter()
+        .map(|v| VectorizerInfo {
+            status: status.remove(&v.name),
+            vectorizer: v,
+        })
+        .collect())
+}
+
+/// The vectorizer `name` with its status; `None` when there is none of that name.
+pub async fn info(client: &Client, name: &str) -> Result<Option<VectorizerInfo>> {
+    let Some(vectorizer) = get(client, name).await? else {
+        return Ok(None);
+    };
+    Ok(Some(VectorizerInfo {
+        status: status(client, name).await?,
+        vectorizer,
+    }))
+}
+
 /// What [`apply`] did to one declared vectorizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -466,7 +505,9 @@ fn differences(
                     Some((s, n)) => (ident(s), ident(n)),
                     None => (source_schema.to_string(), ident(rest)),
                 };
-                v.destination == Destination::Table && v.dest_schema == schema && v.dest_name == name
+                v.destination == Destination::Table
+                    && v.dest_schema == schema
+                    && v.dest_name == name
             }
             Some(("column", col)) => {
                 v.destination == Destination::Column && v.dest_name == ident(col)
@@ -598,12 +639,20 @@ pub async fn search(
     let mut pairs = Vec::new();
     for c in &v.key_columns {
         params.push(Box::new(c.clone()));
-        pairs.push(format!("${}::text, to_jsonb(s.{})", params.len(), quote_ident(c)));
+        pairs.push(format!(
+            "${}::text, to_jsonb(s.{})",
+            params.len(),
+            quote_ident(c)
+        ));
     }
     let key_json = format!("jsonb_build_object({})", pairs.join(", "));
     let (hits_sql, migrated_sql) = match v.destination {
         Destination::Table => {
-            let chunks = format!("{}.{}", quote_ident(&v.dest_schema), quote_ident(&v.dest_name));
+            let chunks = format!(
+                "{}.{}",
+                quote_ident(&v.dest_schema),
+                quote_ident(&v.dest_name)
+            );
             let join = v
                 .key_columns
                 .iter()
@@ -640,7 +689,13 @@ pub async fn search(
             let join = v
                 .key_columns
                 .iter()
-                .map(|c| format!("q.{} = s.{}", quote_ident(&format!("k_{c}")), quote_ident(c)))
+                .map(|c| {
+                    format!(
+                        "q.{} = s.{}",
+                        quote_ident(&format!("k_{c}")),
+                        quote_ident(c)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" AND ");
             (
@@ -679,10 +734,7 @@ pub async fn search(
     // HNSW returns at most ef_search candidates before the filters: widen it, and let
     // pgvector ≥ 0.8 scan on until k rows pass them.
     db(client
-        .batch_execute(&format!(
-            "SET hnsw.ef_search = {}",
-            (k * 2).clamp(40, 1000)
-        ))
+        .batch_execute(&format!("SET hnsw.ef_search = {}", (k * 2).clamp(40, 1000)))
         .await)?;
     if let Err(e) = client
         .batch_execute("SET hnsw.iterative_scan = strict_order")

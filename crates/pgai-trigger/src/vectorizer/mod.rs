@@ -7,7 +7,7 @@ use tokio_postgres::{Client, Row};
 
 pub mod admin;
 pub use admin::{
-    Action, Applied, VectorHit, VectorSearch, VectorizerSpec, VectorizerStatus,
+    Action, Applied, VectorHit, VectorSearch, VectorizerInfo, VectorizerSpec, VectorizerStatus,
 };
 
 use crate::error::Result;
