@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::queue::{
     NotifyMode, QueueCounts, RowState, Table, CHANNEL_NEEDED, MAX_PAYLOAD_ID_BYTES,
 };
+use crate::vectorizer::catalog;
 
 /// The idempotent DDL for `table` with vectors of `dim` dimensions, row-level notifications.
 pub fn ddl(table: &Table, dim: usize) -> String {
@@ -229,8 +230,11 @@ pub async fn init_with(
     let result = quiet_transaction(
         client,
         &format!(
-            "SELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}",
-            ddl_with(table, dim, notify)
+            "SELECT pg_advisory_xact_lock(hashtext('pgai-trigger schema'));\n{}\n{}\n{}",
+            ddl_with(table, dim, notify),
+            // The vectorizer catalog, with the table as its `in_place` row.
+            catalog::ddl(),
+            catalog::register_unless_present(table, pgai_embed::MODEL_NAME, dim),
         ),
     )
     .await;
@@ -258,9 +262,10 @@ pub async fn recreate_with(
     quiet_transaction(
         client,
         &format!(
-            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
+            "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;\n{}",
             table.sql(),
-            table.derived("requeue")
+            table.derived("requeue"),
+            catalog::unregister(table),
         ),
     )
     .await?;

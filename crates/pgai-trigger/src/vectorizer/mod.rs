@@ -3,6 +3,8 @@
 //! the catalog `pgai.vectorizers`, so every daemon (and every machine of a fleet) reads the same
 //! ones. The original table of the design is one too (destination `in_place`).
 
+pub mod catalog;
+
 use tokio_postgres::{Client, Row};
 
 pub mod admin;
