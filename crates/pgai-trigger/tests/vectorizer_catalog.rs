@@ -15,7 +15,9 @@ const DIM: usize = 384;
 /// A fresh database after `db init`, and a client on it.
 async fn setup(prefix: &str) -> (String, Client) {
     let url = fresh_database(prefix).await;
-    let (db, _task) = pgai_trigger::connect(&url, "vectorizer test").await.unwrap();
+    let (db, _task) = pgai_trigger::connect(&url, "vectorizer test")
+        .await
+        .unwrap();
     schema::init(&db, &Table::default(), DIM).await.unwrap();
     (url, db)
 }
@@ -149,14 +151,22 @@ async fn db_init_installs_the_catalog_idempotently() {
         .unwrap();
     schema::init(&db, &Table::default(), DIM).await.unwrap();
     assert_eq!(
-        text(&db, "SELECT model FROM pgai.vectorizers WHERE name = 'm0_episodic'").await,
+        text(
+            &db,
+            "SELECT model FROM pgai.vectorizers WHERE name = 'm0_episodic'"
+        )
+        .await,
         Some("other/model".into())
     );
     // `db recreate` leaves one consistent row.
     schema::recreate(&db, &Table::default(), DIM).await.unwrap();
     assert_eq!(int(&db, "SELECT count(*) FROM pgai.vectorizers").await, 1);
     assert_eq!(
-        text(&db, "SELECT model FROM pgai.vectorizers WHERE name = 'm0_episodic'").await,
+        text(
+            &db,
+            "SELECT model FROM pgai.vectorizers WHERE name = 'm0_episodic'"
+        )
+        .await,
         Some(pgai_embed::MODEL_NAME.into())
     );
 }
@@ -206,7 +216,9 @@ async fn create_backfills_and_the_triggers_queue_only_changed_text() {
         int(&db, "SELECT count(*) FROM pgai.docs_queue WHERE needs_embedding AND retry_status = 'pending'").await,
         3
     );
-    assert!(exists(&db, "public.docs_chunks").await && exists(&db, "public.docs_chunks_view").await);
+    assert!(
+        exists(&db, "public.docs_chunks").await && exists(&db, "public.docs_chunks_view").await
+    );
     assert_eq!(
         int(&db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'documents'::regclass AND tgname IN ('pgai_docs_capture', 'pgai_docs_truncate')").await,
         2
@@ -315,7 +327,11 @@ async fn keys_of_every_kind() {
         .unwrap();
         let q = format!("pgai.{t}_queue");
         assert_eq!(
-            text(&db, &format!("SELECT string_agg(id || '=' || k_id::text, ',') FROM {q}")).await,
+            text(
+                &db,
+                &format!("SELECT string_agg(id || '=' || k_id::text, ',') FROM {q}")
+            )
+            .await,
             Some(format!("{canon}={canon}")),
             "{t}"
         );
@@ -329,7 +345,14 @@ async fn keys_of_every_kind() {
             "{t}"
         );
         assert_eq!(
-            int(&db, &format!("SELECT count(*) FROM {q} WHERE id = '{}'", canon.replace('\'', "''"))).await,
+            int(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM {q} WHERE id = '{}'",
+                    canon.replace('\'', "''")
+                )
+            )
+            .await,
             0,
             "{t}"
         );
@@ -413,7 +436,11 @@ async fn a_partitioned_source() {
         .await
         .unwrap();
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgai_ev_%'").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgai_ev_%'"
+        )
+        .await,
         0
     );
 }
@@ -449,14 +476,22 @@ async fn a_column_destination() {
         .await
         .unwrap();
     assert_eq!(
-        int(&db, "SELECT count(*) FROM documents WHERE embedding IS NOT NULL").await,
+        int(
+            &db,
+            "SELECT count(*) FROM documents WHERE embedding IS NOT NULL"
+        )
+        .await,
         3
     );
     db.batch_execute("UPDATE documents SET body = 'new' WHERE id = 1")
         .await
         .unwrap();
     assert_eq!(
-        text(&db, "SELECT string_agg(id::text, ',') FROM documents WHERE embedding IS NULL").await,
+        text(
+            &db,
+            "SELECT string_agg(id::text, ',') FROM documents WHERE embedding IS NULL"
+        )
+        .await,
         Some("1".into())
     );
     assert_eq!(queue_row(&db, 1).await, Some((2, true)));
@@ -499,7 +534,12 @@ async fn a_column_destination() {
 async fn two_vectorizers_on_one_table() {
     let (_url, db) = setup("vz_two").await;
     documents(&db).await;
-    let ta = text(&db, "SELECT (pgai.create_vectorizer('va', 'documents', text_column => 'title')).text_sql").await.unwrap();
+    let ta = text(
+        &db,
+        "SELECT (pgai.create_vectorizer('va', 'documents', text_column => 'title')).text_sql",
+    )
+    .await
+    .unwrap();
     let tb = text(
         &db,
         "SELECT (pgai.create_vectorizer('vb', 'documents', template => 'Body: {body} ({title})', destination => 'table:vb_store')).text_sql",
@@ -514,11 +554,19 @@ async fn two_vectorizers_on_one_table() {
         .await
         .unwrap();
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.va_queue WHERE needs_embedding").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.va_queue WHERE needs_embedding"
+        )
+        .await,
         0
     );
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.vb_queue WHERE needs_embedding").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.vb_queue WHERE needs_embedding"
+        )
+        .await,
         1
     );
     // title is both's.
@@ -526,11 +574,19 @@ async fn two_vectorizers_on_one_table() {
         .await
         .unwrap();
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.va_queue WHERE needs_embedding").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.va_queue WHERE needs_embedding"
+        )
+        .await,
         1
     );
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.vb_queue WHERE needs_embedding").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.vb_queue WHERE needs_embedding"
+        )
+        .await,
         2
     );
     db.batch_execute("INSERT INTO documents (title) VALUES ('new')")
@@ -553,7 +609,11 @@ async fn bad_input_is_one_line_and_leaves_nothing() {
     )
     .await
     .unwrap();
-    let triggers_before = int(&db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").await;
+    let triggers_before = int(
+        &db,
+        "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
+    )
+    .await;
     let columns_before = int(&db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'documents'::regclass AND attnum > 0 AND NOT attisdropped").await;
     let cv = |args: &str| format!("SELECT pgai.create_vectorizer({args})");
     let cases: Vec<(String, &str)> = vec![
@@ -600,21 +660,36 @@ async fn bad_input_is_one_line_and_leaves_nothing() {
         assert!(e.contains(want), "{sql}: {e}");
         for name in ["bad", "taken"] {
             assert_eq!(
-                int(&db, &format!("SELECT count(*) FROM pgai.vectorizers WHERE name = '{name}'")).await,
+                int(
+                    &db,
+                    &format!("SELECT count(*) FROM pgai.vectorizers WHERE name = '{name}'")
+                )
+                .await,
                 0,
                 "{sql}"
             );
             assert!(!exists(&db, &format!("pgai.{name}_queue")).await, "{sql}");
-            assert!(!exists(&db, &format!("public.{name}_chunks_view")).await, "{sql}");
+            assert!(
+                !exists(&db, &format!("public.{name}_chunks_view")).await,
+                "{sql}"
+            );
             assert_eq!(
-                int(&db, &format!("SELECT count(*) FROM pg_proc WHERE proname LIKE '{name}\\_%'")).await,
+                int(
+                    &db,
+                    &format!("SELECT count(*) FROM pg_proc WHERE proname LIKE '{name}\\_%'")
+                )
+                .await,
                 0,
                 "{sql}"
             );
         }
         assert!(!exists(&db, "public.bad_chunks").await, "{sql}");
         assert_eq!(
-            int(&db, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").await,
+            int(
+                &db,
+                "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
+            )
+            .await,
             triggers_before,
             "{sql}"
         );
@@ -650,11 +725,19 @@ async fn drop_removes_everything_it_made() {
         0
     );
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'docs\\_%'").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'docs\\_%'"
+        )
+        .await,
         0
     );
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.vectorizers WHERE name = 'docs'").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.vectorizers WHERE name = 'docs'"
+        )
+        .await,
         0
     );
     // The source keeps working.
@@ -689,7 +772,11 @@ async fn alter_model_requeues_every_row() {
     .await
     .unwrap();
     assert_eq!(
-        int(&db, "SELECT count(*) FROM pgai.docs_queue WHERE needs_embedding").await,
+        int(
+            &db,
+            "SELECT count(*) FROM pgai.docs_queue WHERE needs_embedding"
+        )
+        .await,
         0
     );
     let model = text(
@@ -705,10 +792,18 @@ async fn alter_model_requeues_every_row() {
     assert_eq!(next(&mut notes).await.payload, "");
     // Old vectors stay until replaced: they are "not migrated".
     assert_eq!(
-        int(&db, "SELECT not_migrated FROM pgai.vectorizer_status('docs')").await,
+        int(
+            &db,
+            "SELECT not_migrated FROM pgai.vectorizer_status('docs')"
+        )
+        .await,
         3
     );
-    let e = refused(&db, "SELECT pgai.alter_vectorizer('docs', dimensions => 512)").await;
+    let e = refused(
+        &db,
+        "SELECT pgai.alter_vectorizer('docs', dimensions => 512)",
+    )
+    .await;
     assert!(e.contains("needs drop and create"), "{e}");
     let e = refused(
         &db,
@@ -766,7 +861,10 @@ async fn status_counts_are_exact() {
         .unwrap();
     assert_eq!(r.get::<_, String>(0), "in_place");
     assert_eq!((r.get::<_, i64>(1), r.get::<_, i64>(2)), (2, 2));
-    assert_eq!(int(&db, "SELECT count(*) FROM pgai.vectorizer_status").await, 2);
+    assert_eq!(
+        int(&db, "SELECT count(*) FROM pgai.vectorizer_status").await,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -792,6 +890,9 @@ async fn a_role_that_may_only_insert_still_queues() {
         .batch_execute("SELECT * FROM pgai.docs_queue")
         .await
         .unwrap_err();
-    assert!(e.as_db_error().is_some(), "the app role cannot read the queue");
+    assert!(
+        e.as_db_error().is_some(),
+        "the app role cannot read the queue"
+    );
     assert_eq!(queue_row(&db, 4).await, Some((1, true)));
 }

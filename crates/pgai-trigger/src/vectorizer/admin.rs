@@ -300,7 +300,8 @@ pub async fn list_status(client: &Client) -> Result<Vec<VectorizerStatus>> {
 pub async fn status(client: &Client, name: &str) -> Result<Option<VectorizerStatus>> {
     Ok(db(client
         .query_opt(
-            &format!("SELECT {STATUS_COLUMNS} FROM pgai.vectorizer_status WHERE name = $1"),
+            // The function, not the view: it counts this vectorizer's rows only.
+            &format!("SELECT {STATUS_COLUMNS} FROM pgai.vectorizer_status($1::text)"),
             &[&name],
         )
         .await)?
@@ -460,15 +461,6 @@ async fn resolve_table(client: &Client, table: &str) -> Result<Option<(String, S
     .map(|r| (r.get(0), r.get(1))))
 }
 
-/// An identifier of a destination as PostgreSQL reads it: quoted as written, else lower case.
-fn ident(s: &str) -> String {
-    let s = s.trim();
-    match s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        Some(inner) => inner.replace("\"\"", "\""),
-        None => s.to_lowercase(),
-    }
-}
-
 /// The fields of `spec` that differ from the catalog row `v` (defaults filled in as the SQL
 /// function fills them).
 fn differences(
@@ -502,16 +494,14 @@ fn differences(
         Some(d) => match d.split_once(':') {
             Some(("table", rest)) => {
                 let (schema, name) = match rest.split_once('.') {
-                    Some((s, n)) => (ident(s), ident(n)),
-                    None => (source_schema.to_string(), ident(rest)),
+                    Some((s, n)) => (s.to_string(), n.to_string()),
+                    None => (source_schema.to_string(), rest.to_string()),
                 };
                 v.destination == Destination::Table
                     && v.dest_schema == schema
                     && v.dest_name == name
             }
-            Some(("column", col)) => {
-                v.destination == Destination::Column && v.dest_name == ident(col)
-            }
+            Some(("column", col)) => v.destination == Destination::Column && v.dest_name == col,
             _ => false,
         },
     };
@@ -847,11 +837,17 @@ mod tests {
             ..spec()
         };
         assert!(differences(&s, &v, Some(&src)).is_empty());
+        // Destination names are taken as written, like the SQL function takes them.
+        let s2 = VectorizerSpec {
+            destination: Some("table:public.docs_body_chunks".into()),
+            ..s.clone()
+        };
+        assert!(differences(&s2, &v, Some(&src)).is_empty());
         let s2 = VectorizerSpec {
             destination: Some("table:Docs_Body_Chunks".into()),
             ..s.clone()
         };
-        assert!(differences(&s2, &v, Some(&src)).is_empty());
+        assert_eq!(differences(&s2, &v, Some(&src)), ["destination"]);
         let s3 = VectorizerSpec {
             model: Some("other".into()),
             ..s.clone()
