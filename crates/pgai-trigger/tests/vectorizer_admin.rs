@@ -5,12 +5,16 @@
 
 use pgai_testkit::fresh_database;
 use pgai_trigger::vectorizer::admin::{self, Action};
-use pgai_trigger::vectorizer::{Destination, VectorizerSpec};
+use pgai_trigger::vectorizer::{Destination, Vectorizer, VectorizerSpec};
 use pgai_trigger::{schema, Settings, Table};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 async fn setup(prefix: &str) -> Client {
+    setup_url(prefix).await.1
+}
+
+async fn setup_url(prefix: &str) -> (String, Client) {
     let url = fresh_database(prefix).await;
     let (db, _task) = pgai_trigger::connect(&url, "vectorizer admin test")
         .await
@@ -28,7 +32,7 @@ async fn setup(prefix: &str) -> Client {
     )
     .await
     .unwrap();
-    db
+    (url, db)
 }
 
 fn spec(name: &str) -> VectorizerSpec {
@@ -42,6 +46,33 @@ fn spec(name: &str) -> VectorizerSpec {
 
 async fn count(db: &Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// The daemon's write-back for a table destination, by hand: each row's rendered text as its
+/// one chunk, embedded by the real model.
+async fn embed_by_hand(db: &Client, v: &Vectorizer, model: &pgai_trigger::EmbedService) {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT s.id, {} FROM public.notes s ORDER BY s.id",
+                v.text_sql
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    let vectors = model.embed_query(texts.clone()).await.unwrap();
+    for (r, (t, vec)) in rows.iter().zip(texts.iter().zip(vectors)) {
+        let id: i64 = r.get(0);
+        db.execute(
+            "INSERT INTO public.notes_text_chunks (id, chunk_seq, chunk, embedding, embedding_model)
+             VALUES ($1, 0, $2, $3, $4)",
+            &[&id, t, &pgvector::Vector::from(vec), &v.model],
+        )
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,30 +262,7 @@ async fn search_by_vectorizer_with_filters_as_data() {
     let db = setup("vz_admin_search").await;
     let v = admin::create(&db, &spec("notes_text")).await.unwrap();
     let model = pgai_testkit::model().await;
-    // The daemon's write-back for a table destination, by hand: each row's rendered text as
-    // its one chunk, embedded by the real model.
-    let rows = db
-        .query(
-            &format!(
-                "SELECT s.id, {} FROM public.notes s ORDER BY s.id",
-                v.text_sql
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let texts: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-    let vectors = model.embed_query(texts.clone()).await.unwrap();
-    for (r, (t, vec)) in rows.iter().zip(texts.iter().zip(vectors)) {
-        let id: i64 = r.get(0);
-        db.execute(
-            "INSERT INTO public.notes_text_chunks (id, chunk_seq, chunk, embedding, embedding_model)
-             VALUES ($1, 0, $2, $3, $4)",
-            &[&id, t, &pgvector::Vector::from(vec), &v.model],
-        )
-        .await
-        .unwrap();
-    }
+    embed_by_hand(&db, &v, &model).await;
     let q = model
         .embed_query(vec!["coffee".to_string()])
         .await
@@ -316,4 +324,116 @@ async fn search_by_vectorizer_with_filters_as_data() {
     assert_eq!(found.results.len(), 3);
     assert!(found.results.iter().all(|h| h.key != json!({"id": 1})));
     assert_eq!(found.not_migrated, 1);
+}
+
+/// (status, JSON body) of one request with the bearer token `t0ken` when `auth`.
+async fn call(method: &str, url: String, auth: bool, body: Option<Value>) -> (u16, Value) {
+    let method = method.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::request(&method, &url).timeout(std::time::Duration::from_secs(60));
+        if auth {
+            req = req.set("Authorization", "Bearer t0ken");
+        }
+        let r = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let resp = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_lists_vectorizers_and_searches_one() {
+    let (url, db) = setup_url("vz_admin_http").await;
+    let v = admin::create(&db, &spec("notes_text")).await.unwrap();
+    let model = pgai_testkit::model().await;
+    embed_by_hand(&db, &v, &model).await;
+    let store = std::sync::Arc::new(
+        pgai_trigger::Store::new(pgai_trigger::Config::new(&url)).with_embedder(model),
+    );
+    let mut api = pgai_trigger::http::Api::new(store.clone());
+    api.token = Some("t0ken".into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, _task) = pgai_trigger::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        pgai_trigger::http::router(api),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{addr}");
+
+    let (code, _) = call("GET", format!("{base}/v1/vectorizers"), false, None).await;
+    assert_eq!(code, 401, "same auth as the other /v1 routes");
+    let (code, list) = call("GET", format!("{base}/v1/vectorizers"), true, None).await;
+    assert_eq!(code, 200, "{list}");
+    let names: Vec<&str> = list["vectorizers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"notes_text") && names.contains(&"m0_episodic"),
+        "{names:?}"
+    );
+    let (code, one) = call(
+        "GET",
+        format!("{base}/v1/vectorizers/notes_text"),
+        true,
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["status"]["rows"], 4);
+    assert_eq!(one["template"], "{title}: {body}");
+    let (code, err) = call("GET", format!("{base}/v1/vectorizers/nope"), true, None).await;
+    assert_eq!(code, 404);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("nope"),
+        "{err}"
+    );
+
+    let search = |body: Value| call("POST", format!("{base}/v1/search"), true, Some(body));
+    let (code, found) =
+        search(json!({"query": "coffee", "vectorizer": "notes_text", "k": 2})).await;
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["results"].as_array().unwrap().len(), 2);
+    assert!(found["results"][0]["chunk"]
+        .as_str()
+        .unwrap()
+        .contains("coffee"));
+    let (code, found) = search(json!({
+        "query": "coffee",
+        "vectorizer": "notes_text",
+        "filters": {"author": "o'brien'; DROP TABLE notes; --"}
+    }))
+    .await;
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["results"].as_array().unwrap().len(), 1);
+    assert_eq!(found["results"][0]["key"], json!({"id": 3}));
+    let (code, err) =
+        search(json!({"query": "coffee", "vectorizer": "notes_text", "filters": {"nope": 1}}))
+            .await;
+    assert_eq!(code, 400, "{err}");
+    let (code, _) = search(json!({"query": "coffee", "vectorizer": "nope"})).await;
+    assert_eq!(code, 404);
+    let (code, _) = search(json!({"query": "coffee", "filters": {"author": "sam"}})).await;
+    assert_eq!(code, 400, "filters need a vectorizer");
+    // The table's search is unchanged.
+    let (code, r) = search(json!({"query": "coffee"})).await;
+    assert_eq!(code, 200, "{r}");
+    stop.cancel();
+    store.close().await;
 }
