@@ -354,3 +354,77 @@ async fn bad_input_is_one_line_and_creates_nothing() {
         .get(0);
     assert_eq!(n, 0, "nothing was created");
 }
+
+/// `serve` applies the config file's `vectorizers:` before the daemon starts; a declaration the
+/// database refuses stops the start with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_applies_the_config_files_vectorizers() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let (url, db) = setup("vz_cli_serve").await;
+    let dir = pgai_testkit::TestDir::new("vz-cli-serve");
+    let config = dir.path().join("pgai-trigger.yaml");
+    let yaml = |table: &str| {
+        format!(
+            "database:\n  url: {url}\n  pgai:\n    worker_count: 1\nhttp:\n  address: 127.0.0.1:0\nvectorizers:\n  - name: articles_text\n    table: {table}\n    template: \"{{title}}\\n{{body}}\"\n    chunk_tokens: 64\n"
+        )
+    };
+
+    std::fs::write(&config, yaml("nowhere")).unwrap();
+    let cfg = config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env_remove("DATABASE_URL")
+            .env_remove("PGAI_CONFIG")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+    .refused("nowhere");
+
+    std::fs::write(&config, yaml("articles")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .env_remove("PGAI_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP="), "{first}");
+    // Applied before the daemon (and its HTTP line) started.
+    let row = db
+        .query_one(
+            "SELECT template, chunk_tokens FROM pgai.vectorizers WHERE name = 'articles_text'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "{title}\n{body}");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(64));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
