@@ -172,6 +172,19 @@ async fn db_init_installs_the_catalog_idempotently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_before_db_init_says_what_to_run() {
+    let url = fresh_database("vz_noinit").await;
+    let (db, _task) = pgai_trigger::connect(&url, "vectorizer test")
+        .await
+        .unwrap();
+    let e = catalog::register_in_place(&db, &Table::default(), pgai_embed::MODEL_NAME, DIM)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run `pgai-trigger db init`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_backfills_and_the_triggers_queue_only_changed_text() {
     let (url, db) = setup("vz_create").await;
     documents(&db).await;
@@ -200,7 +213,7 @@ async fn create_backfills_and_the_triggers_queue_only_changed_text() {
     );
     assert_eq!(v.channel, "pgai_docs");
     // The catalog and the vectorizer announce themselves.
-    let mut got = vec![next(&mut notes).await, next(&mut notes).await];
+    let mut got = [next(&mut notes).await, next(&mut notes).await];
     got.sort_by(|a, b| a.channel.cmp(&b.channel));
     assert_eq!(
         (got[0].channel.as_str(), got[0].payload.as_str()),
@@ -895,4 +908,20 @@ async fn a_role_that_may_only_insert_still_queues() {
         "the app role cannot read the queue"
     );
     assert_eq!(queue_row(&db, 4).await, Some((1, true)));
+    // Without SELECT on the source, no vectorizer on it.
+    db.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA pgai TO {role}; GRANT SELECT ON pgai.vectorizers TO {role}"
+    ))
+    .await
+    .unwrap();
+    let e = refused(
+        &app,
+        "SELECT pgai.create_vectorizer('lp', 'documents', text_column => 'body')",
+    )
+    .await;
+    assert_eq!(
+        e,
+        format!("source public.documents is not readable by role {role} (it needs SELECT)")
+    );
+    assert!(!exists(&db, "pgai.lp_queue").await);
 }

@@ -10,6 +10,9 @@
 //! `db init` also adopts a table made with the original design's DDL: an index counts by its
 //! definition, whatever its name (the original's HNSW index is kept, not doubled), and a name
 //! already taken by an index of another definition does not stop ours being created.
+//!
+//! `db init` also installs the vectorizer catalog (schema `pgai`, see `vectorizer::catalog`) in
+//! the same transaction and registers the table there as the `in_place` vectorizer of its name.
 
 use tokio_postgres::Client;
 

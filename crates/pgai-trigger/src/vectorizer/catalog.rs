@@ -9,7 +9,7 @@
 
 use tokio_postgres::Client;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::queue::{
     RowState, Table, CHANNEL_NEEDED, HAS_VECTOR_IN_PLACE, HAS_VECTOR_QUEUED, MAX_PAYLOAD_ID_BYTES,
 };
@@ -64,7 +64,16 @@ pub async fn register_in_place(
             "SELECT pgai.register_in_place($1, $2, $3)",
             &[&table.name(), &model, &(dim as i32)],
         )
-        .await?;
+        .await
+        .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
+            // 3F000 invalid_schema_name / 42883 undefined_function: a database from before
+            // vectorizers.
+            Some("3F000") | Some("42883") => Error::Schema(
+                "the vectorizer catalog is not installed in this database: run `pgai-trigger db init`"
+                    .into(),
+            ),
+            _ => Error::Db(e),
+        })?;
     Ok(())
 }
 
@@ -702,7 +711,7 @@ RETURNS TABLE(name text, source text, destination text, model text, rows bigint,
               pending bigint, processing bigint, failed bigint, not_queued bigint,
               coverage_pct float8, lag_secs float8, latency_p50_ms float8, latency_p99_ms float8,
               throughput_per_min bigint, not_migrated bigint, last_error text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 #variable_conflict use_column
 DECLARE
     v        pgai.vectorizers;
