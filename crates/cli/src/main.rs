@@ -218,7 +218,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // A usage error on one line, like every other error (help and version as clap prints
         // them).
-        Err(e) if e.use_stderr() => {
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             eprintln!("{}", clap_one_line(&e));
             return ExitCode::from(2);
         }
