@@ -15,6 +15,7 @@ mod bench;
 mod cli {
     pub mod ops;
     pub mod run;
+    pub mod vectorizer;
 }
 
 /// pgai-trigger: PostgreSQL rows get their vector embeddings within milliseconds of commit.
@@ -61,6 +62,13 @@ enum Command {
     /// Move rows marked failed back to pending with a fresh attempt count and wake the daemons.
     /// Prints {"retried": N}.
     RetryFailed(ConnArgs),
+    /// Vectorizers: named declarations of what to embed from a table (a column or a template
+    /// over columns, chunking, a chunk table or a vector column), kept in the database's
+    /// catalog and served by every daemon of their model.
+    Vectorizer {
+        #[command(subcommand)]
+        command: cli::vectorizer::VectorizerCommand,
+    },
     /// Embed every pending row now, in this process, with a progress bar (rows, rate, ETA) on
     /// stderr; prints a JSON summary. Runs alongside any daemons safely.
     Backfill(cli::ops::BackfillArgs),
@@ -205,8 +213,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = match Cli::from_arg_matches(&with_defaults(Cli::command()).get_matches()) {
+    let matches = with_defaults(Cli::command()).try_get_matches();
+    let cli = match matches.and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
+        // A usage error on one line, like every other error (help and version as clap prints
+        // them).
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("{}", clap_one_line(&e));
+            return ExitCode::from(2);
+        }
         Err(e) => e.exit(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -262,6 +280,18 @@ fn with_defaults(mut cmd: clap::Command) -> clap::Command {
     cmd
 }
 
+/// clap's message without its usage block: the lines before `Usage:`, joined.
+fn clap_one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
+}
+
 /// The error and its causes on one line, without repeats.
 fn one_line(e: &anyhow::Error) -> String {
     let mut s = String::new();
@@ -293,6 +323,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Health(c) => cli::ops::health(c, settings).await,
         Command::RetryFailed(c) => cli::ops::retry_failed(c, settings).await,
         Command::Backfill(a) => cli::ops::backfill(a, settings).await,
+        Command::Vectorizer { command } => cli::vectorizer::run(command, settings).await,
         Command::Bench(a) => crate::bench::run(a).await,
     }
 }

@@ -40,9 +40,14 @@ pub struct SearchArgs {
     /// How many rows to return.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
-    /// Only rows whose metadata contains this JSON object, e.g. '{"user": "maria"}'.
+    /// Only rows whose metadata contains this JSON object, e.g. '{"user": "maria"}'. With
+    /// --vectorizer: source rows whose columns equal these values, e.g. '{"author": "maria"}'.
     #[arg(long, value_name = "JSON")]
     pub filter: Option<String>,
+    /// Search this vectorizer's vectors (prints each hit's source key, score and chunk text)
+    /// instead of the table's.
+    #[arg(long, value_name = "NAME")]
+    pub vectorizer: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -61,7 +66,7 @@ async fn store(conn: &ConnArgs, mut settings: Settings) -> Result<Store> {
 }
 
 /// Pretty JSON on stdout; a reader that went away (`| head`) is not an error.
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     use std::io::Write;
     let text = serde_json::to_string_pretty(v)?;
     let mut out = std::io::stdout().lock();
@@ -110,6 +115,25 @@ pub async fn search(a: SearchArgs, settings: Settings) -> Result<()> {
         .as_deref()
         .map(|f| parse_object("--filter", f))
         .transpose()?;
+    if let Some(name) = &a.vectorizer {
+        let filters: Vec<(String, serde_json::Value)> = match filter {
+            Some(serde_json::Value::Object(m)) => m.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        return match store
+            .search_vectorizer(name, &a.query, a.k, &filters)
+            .await?
+        {
+            Some(found) => print_json(&json!({
+                "query": a.query,
+                "vectorizer": found.vectorizer,
+                "model": found.model,
+                "not_migrated": found.not_migrated,
+                "results": found.results,
+            })),
+            None => bail!("no vectorizer named {name:?}"),
+        };
+    }
     let hits = store.search(&a.query, a.k, filter.as_ref()).await?;
     print_json(&json!({"query": a.query, "results": hits}))
 }

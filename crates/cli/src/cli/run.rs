@@ -13,6 +13,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let config = settings.daemon_config()?;
     // Refuses an empty token or an open non-loopback address before anything starts.
     settings.http.validate()?;
+    apply_vectorizers(&settings).await?;
     let pgai = &settings.database.pgai;
     let embed = settings.start_embedder().await?;
     let daemon = if pgai.enabled {
@@ -67,6 +68,28 @@ pub async fn serve(settings: Settings) -> Result<()> {
             anyhow::bail!("the HTTP server stopped unexpectedly");
         }
         None => http_task.await.context("the HTTP server task failed")?,
+    }
+    Ok(())
+}
+
+/// Makes the catalog hold the config file's `vectorizers:` before the daemon starts (so it
+/// serves them from its first claim); a refused declaration stops the start, on one line.
+async fn apply_vectorizers(settings: &Settings) -> Result<()> {
+    if settings.vectorizers.is_empty() {
+        return Ok(());
+    }
+    let (client, _task) =
+        pgai_trigger::connect(settings.database_url()?, "pgai-trigger-client apply").await?;
+    let applied = pgai_trigger::vectorizer::admin::apply(&client, &settings.vectorizers)
+        .await
+        .context("vectorizers of the config file")?;
+    for a in applied {
+        tracing::info!(
+            vectorizer = %a.name,
+            action = ?a.action,
+            changed = %a.changed.join(","),
+            "vectorizer declaration applied"
+        );
     }
     Ok(())
 }

@@ -40,6 +40,10 @@
 //!   api_key_env: OPENAI_API_KEY      # the variable holding the key (never the key itself)
 //!   timeout_secs: 30                 # PGAI_OPENAI_TIMEOUT_SECS
 //!   dimensions: 384                  # PGAI_OPENAI_DIMENSIONS (optional)
+//! vectorizers:                 # applied by `serve`/`up` before the daemon starts
+//!   - name: docs_body          # see `vectorizer::VectorizerSpec` for every key
+//!     table: public.docs
+//!     column: body
 //! ```
 //!
 //! An unknown key or a value of the wrong type is refused with one line naming the key and what
@@ -67,6 +71,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub http: HttpSettings,
     pub embedding: EmbeddingSettings,
+    /// Vectorizers the daemon's start makes the catalog hold (`vectorizer::admin::apply`).
+    pub vectorizers: Vec<crate::vectorizer::VectorizerSpec>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -283,6 +289,10 @@ impl std::fmt::Debug for Settings {
                 &self.http.allow_unauthenticated,
             )
             .field("provider", &self.embedding.provider)
+            .field(
+                "vectorizers",
+                &self.vectorizers.iter().map(|v| &v.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -672,6 +682,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.address"), "{e}");
+    }
+
+    #[test]
+    fn vectorizers_parse_and_unknown_keys_name_the_key() {
+        let s = Settings::from_yaml(
+            "vectorizers:\n  - name: docs_body\n    table: docs\n    template: \"{title}\\n{body}\"\n    chunk_tokens: 64\n",
+        )
+        .unwrap();
+        assert_eq!(s.vectorizers.len(), 1);
+        assert_eq!(
+            s.vectorizers[0].template.as_deref(),
+            Some("{title}\n{body}")
+        );
+        assert_eq!(s.vectorizers[0].chunk_tokens, Some(64));
+        let e = Settings::from_yaml("vectorizers:\n  - name: a\n    table: t\n    colum: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vectorizers") && e.contains("colum") && !e.contains('\n'),
+            "{e}"
+        );
     }
 
     #[test]

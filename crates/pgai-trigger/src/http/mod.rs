@@ -1,5 +1,5 @@
-//! The HTTP API: probes, Prometheus metrics, stats, items, search and an OpenAI-compatible
-//! embeddings endpoint.
+//! The HTTP API: probes, Prometheus metrics, stats, items, search (of the table or of a
+//! vectorizer), vectorizers with their status, and an OpenAI-compatible embeddings endpoint.
 //!
 //! `/healthz` and `/readyz` are always open (for probes); every other route requires
 //! `Authorization: Bearer <token>` (scheme in any case) when a token is configured. Without a
@@ -131,6 +131,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/items", post(add_item))
         .route("/v1/items/{id}", get(get_item).delete(delete_item))
         .route("/v1/search", post(search))
+        .route("/v1/vectorizers", get(vectorizers))
+        .route("/v1/vectorizers/{name}", get(vectorizer))
         .route("/v1/embeddings", post(embeddings))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
@@ -594,13 +596,64 @@ async fn delete_item(
     }
 }
 
+/// The daemon's table, or with `"vectorizer"` that vectorizer's chunks (`"filters"`: equality
+/// on source columns); an unknown vectorizer is 404.
 async fn search(
     State(s): State<AppState>,
     request: Result<Json<SearchRequest>, JsonRejection>,
-) -> Result<Json<SearchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let r = body(&s, request)?;
-    let results = s.store.search(&r.query, r.k, r.filter.as_ref()).await?;
-    Ok(Json(SearchResponse { results }))
+    let Some(name) = r.vectorizer else {
+        if r.filters.is_some() {
+            return Err(ApiError::bad_request(
+                "filters need a vectorizer; for the table's metadata use filter",
+            ));
+        }
+        let results = s.store.search(&r.query, r.k, r.filter.as_ref()).await?;
+        return Ok(Json(SearchResponse { results }).into_response());
+    };
+    if r.filter.is_some() {
+        return Err(ApiError::bad_request(
+            "filter (metadata) applies to the table's search; with a vectorizer use filters",
+        ));
+    }
+    let filters: Vec<(String, serde_json::Value)> =
+        r.filters.unwrap_or_default().into_iter().collect();
+    match s
+        .store
+        .search_vectorizer(&name, &r.query, r.k, &filters)
+        .await?
+    {
+        Some(found) => Ok(Json(found).into_response()),
+        None => Err(no_vectorizer(&name)),
+    }
+}
+
+fn no_vectorizer(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no vectorizer named {:?}", one_line(name)),
+    )
+}
+
+/// Every vectorizer with its status.
+async fn vectorizers(State(s): State<AppState>) -> Result<Json<VectorizerList>, ApiError> {
+    Ok(Json(VectorizerList {
+        vectorizers: s.store.vectorizers().await?,
+    }))
+}
+
+/// One vectorizer with its status; 404 when unknown.
+async fn vectorizer(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::vectorizer::VectorizerInfo>, ApiError> {
+    s.store
+        .vectorizer(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| no_vectorizer(&name))
 }
 
 /// OpenAI's `POST /v1/embeddings`: `input` a string or a list of strings, `encoding_format`

@@ -26,6 +26,10 @@ pub struct SearchRequest {
     pub k: usize,
     /// JSON object; rows whose metadata contains it (`@>`).
     pub filter: Option<Value>,
+    /// Search this vectorizer's vectors instead of the daemon's table.
+    pub vectorizer: Option<String>,
+    /// With `vectorizer`: `{column: value}`, source rows whose column equals the value.
+    pub filters: Option<serde_json::Map<String, Value>>,
 }
 
 pub fn default_k() -> usize {
@@ -75,6 +79,11 @@ pub struct Deleted {
 #[derive(Serialize)]
 pub struct SearchResponse {
     pub results: Vec<crate::store::SearchHit>,
+}
+
+#[derive(Serialize)]
+pub struct VectorizerList {
+    pub vectorizers: Vec<crate::vectorizer::VectorizerInfo>,
 }
 
 /// OpenAI's embeddings response.

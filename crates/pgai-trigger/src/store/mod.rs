@@ -13,6 +13,7 @@
 mod items;
 mod search;
 mod stats;
+mod vectorizers;
 mod wait;
 
 use std::sync::{Arc, OnceLock};

@@ -7,6 +7,11 @@ pub mod catalog;
 
 use tokio_postgres::{Client, Row};
 
+pub mod admin;
+pub use admin::{
+    Action, Applied, VectorHit, VectorSearch, VectorizerInfo, VectorizerSpec, VectorizerStatus,
+};
+
 use crate::error::Result;
 
 /// Where a vectorizer's vectors go.
