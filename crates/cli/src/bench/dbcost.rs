@@ -11,10 +11,10 @@ use indicatif::ProgressBar;
 use tokio_postgres::Client;
 
 use super::probe;
-use pgai_trigger::{Claimer, Embedded};
 use pgai_trigger::Writer;
 use pgai_trigger::{percentiles, Percentiles};
 use pgai_trigger::{quote_ident, schema, NotifyMode, Table};
+use pgai_trigger::{Claimer, Embedded};
 
 /// Full batches, as in a burst.
 #[derive(Debug, Clone, serde::Serialize)]
