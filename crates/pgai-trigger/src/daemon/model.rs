@@ -9,6 +9,13 @@
 //! front of the daemon's batches: the thread takes pipeline work first, and a waiting query
 //! after at most [`PIPELINE_STREAK`] pipeline jobs in a row (queries are not starved either).
 //! Cloning an [`EmbedService`] shares the same thread (tests run many daemons on one model).
+//!
+//! Fresh writes go first. A third lane ([`EmbedService::submit_fresh`]) carries batches of rows
+//! that notifications named (new inserts and updates); the thread takes it before anything else,
+//! and a long pipeline batch (a backfill's) is embedded one model call (at most
+//! [`TOKEN_BUDGET`] padded tokens) at a time, with fresh batches served between its calls: a
+//! single insert into one vectorizer never waits behind another vectorizer's backfill for more
+//! than one such call.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +34,7 @@ struct Job {
 /// A handle to the model thread.
 #[derive(Clone)]
 pub struct EmbedService {
+    fresh: mpsc::Sender<Job>,
     pipeline: mpsc::Sender<Job>,
     queries: mpsc::Sender<Job>,
     info: Arc<ModelInfo>,
@@ -45,31 +53,53 @@ const QUERY_QUEUE: usize = 64;
 /// this many batches (each at most `batch_size` rows) plus the job in progress.
 pub(crate) const PIPELINE_STREAK: usize = 4;
 
-/// Which lane the model thread takes next: pipeline first, a query after a streak.
+/// Fresh batches waiting for the model before `submit_fresh` waits for room.
+const FRESH_QUEUE: usize = 16;
+
+/// Which lane a job came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Fresh,
+    Pipeline,
+    Query,
+}
+
+/// Which lane the model thread takes next: fresh batches first, then pipeline, a query after a
+/// streak.
 struct Lanes {
+    fresh: mpsc::Receiver<Job>,
     pipeline: mpsc::Receiver<Job>,
     queries: mpsc::Receiver<Job>,
     streak: usize,
 }
 
 impl Lanes {
-    /// The next job, waiting for one; `None` once every sender is gone and both lanes are empty.
-    async fn next(&mut self) -> Option<Job> {
+    /// A fresh batch, if one waits.
+    fn try_fresh(&mut self) -> Option<Job> {
+        self.fresh.try_recv().ok()
+    }
+
+    /// The next job, waiting for one; `None` once every sender is gone and the lanes are empty.
+    async fn next(&mut self) -> Option<(Job, Lane)> {
+        if let Some(job) = self.try_fresh() {
+            return Some((job, Lane::Fresh));
+        }
         if self.streak >= PIPELINE_STREAK {
             if let Ok(job) = self.queries.try_recv() {
                 self.streak = 0;
-                return Some(job);
+                return Some((job, Lane::Query));
             }
         }
         tokio::select! {
             biased;
+            Some(job) = self.fresh.recv() => Some((job, Lane::Fresh)),
             Some(job) = self.pipeline.recv() => {
                 self.streak += 1;
-                Some(job)
+                Some((job, Lane::Pipeline))
             }
             Some(job) = self.queries.recv() => {
                 self.streak = 0;
-                Some(job)
+                Some((job, Lane::Query))
             }
             else => None,
         }
@@ -83,6 +113,7 @@ impl EmbedService {
     where
         F: FnOnce() -> Result<Box<dyn Embedder>, EmbedError> + Send + 'static,
     {
+        let (fresh, fresh_rx) = mpsc::channel::<Job>(FRESH_QUEUE);
         let (pipeline, pipeline_rx) = mpsc::channel::<Job>(queue.max(1));
         let (queries, queries_rx) = mpsc::channel::<Job>(QUERY_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -107,18 +138,32 @@ impl EmbedService {
                     }
                 };
                 let mut lanes = Lanes {
+                    fresh: fresh_rx,
                     pipeline: pipeline_rx,
                     queries: queries_rx,
                     streak: 0,
                 };
+                // A pipeline batch in progress, one model call at a time.
+                let mut current: Option<Stepper> = None;
                 // Ends when every EmbedService clone is dropped.
-                while let Some(job) = rt.block_on(lanes.next()) {
-                    let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-                    let started = Instant::now();
-                    let result =
-                        catch_panic(|| embed_in_chunks(model.as_mut(), &texts, TOKEN_BUDGET))
-                            .map(|v| (v, started.elapsed()));
-                    let _ = job.reply.send(result);
+                loop {
+                    if let Some(job) = lanes.try_fresh() {
+                        run_whole(model.as_mut(), job);
+                        continue;
+                    }
+                    if let Some(mut step) = current.take() {
+                        if step.step(model.as_mut()) {
+                            current = Some(step);
+                        }
+                        continue;
+                    }
+                    match rt.block_on(lanes.next()) {
+                        Some((job, Lane::Pipeline)) => {
+                            current = Stepper::start(model.as_mut(), job);
+                        }
+                        Some((job, _)) => run_whole(model.as_mut(), job),
+                        None => break,
+                    }
                 }
             })
             .map_err(spawn_error)?;
@@ -126,6 +171,7 @@ impl EmbedService {
             .await
             .map_err(|_| EmbedError::Inference("the model thread exited while loading".into()))??;
         Ok(EmbedService {
+            fresh,
             pipeline,
             queries,
             info: Arc::new(ModelInfo { name, dim }),
@@ -157,6 +203,12 @@ impl EmbedService {
     /// meanwhile.
     pub async fn submit(&self, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
         submit_to(&self.pipeline, texts).await
+    }
+
+    /// Queues a batch of fresh rows (named by notifications): the model thread takes it before
+    /// any other work, between the model calls of a long pipeline batch.
+    pub async fn submit_fresh(&self, texts: Vec<String>) -> oneshot::Receiver<EmbedResult> {
+        submit_to(&self.fresh, texts).await
     }
 
     /// Embeds a pipeline batch and waits.
@@ -193,6 +245,87 @@ async fn wait(rx: oneshot::Receiver<EmbedResult>) -> Result<Vec<Vec<f32>>, Embed
         Err(_) => Err(EmbedError::Inference(
             "the model thread dropped the batch".into(),
         )),
+    }
+}
+
+/// Runs a job in one go (fresh batches and queries are small).
+fn run_whole(model: &mut dyn Embedder, job: Job) {
+    let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let result = catch_panic(|| embed_in_chunks(model, &texts, TOKEN_BUDGET))
+        .map(|v| (v, started.elapsed()));
+    let _ = job.reply.send(result);
+}
+
+/// A pipeline batch embedded one model call at a time, so fresh batches can go in between.
+struct Stepper {
+    job: Job,
+    groups: std::vec::IntoIter<Vec<usize>>,
+    out: Vec<Vec<f32>>,
+    /// Time spent in this batch's model calls.
+    took: Duration,
+}
+
+impl Stepper {
+    /// Plans the batch's calls (as [`embed_in_chunks`] does); `None` when it is done already
+    /// (empty, or its planning failed and the error was sent).
+    fn start(model: &mut dyn Embedder, job: Job) -> Option<Stepper> {
+        let started = Instant::now();
+        let planned = catch_panic(|| {
+            if job.texts.len() <= 1 {
+                return Ok(vec![(0..job.texts.len()).collect::<Vec<_>>()]);
+            }
+            let lens = job
+                .texts
+                .iter()
+                .map(|t| model.count_tokens(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(chunks_by_budget(&lens, TOKEN_BUDGET))
+        });
+        match planned {
+            Ok(groups) => Some(Stepper {
+                out: vec![Vec::new(); job.texts.len()],
+                job,
+                groups: groups.into_iter(),
+                took: started.elapsed(),
+            }),
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Runs the next call; false once the batch is done and its reply sent.
+    fn step(&mut self, model: &mut dyn Embedder) -> bool {
+        let Some(group) = self.groups.next() else {
+            let out = std::mem::take(&mut self.out);
+            let (reply, _) = oneshot::channel();
+            let reply = std::mem::replace(&mut self.job.reply, reply);
+            let _ = reply.send(Ok((out, self.took)));
+            return false;
+        };
+        if group.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        let texts: Vec<&str> = group.iter().map(|&i| self.job.texts[i].as_str()).collect();
+        let result = catch_panic(|| model.embed(&texts));
+        self.took += started.elapsed();
+        match result {
+            Ok(vectors) => {
+                for (i, v) in group.iter().zip(vectors) {
+                    self.out[*i] = v;
+                }
+                true
+            }
+            Err(e) => {
+                let (reply, _) = oneshot::channel();
+                let reply = std::mem::replace(&mut self.job.reply, reply);
+                let _ = reply.send(Err(e));
+                false
+            }
+        }
     }
 }
 
@@ -273,6 +406,8 @@ mod tests {
         calls: Arc<Mutex<Vec<String>>>,
         started: Option<oneshot::Sender<()>>,
         gate: Option<std::sync::mpsc::Receiver<()>>,
+        /// What every text counts as, in word pieces.
+        tokens: usize,
     }
 
     impl Embedder for Recorder {
@@ -293,7 +428,7 @@ mod tests {
             Ok(texts.iter().map(|_| vec![1.0]).collect())
         }
         fn count_tokens(&self, _: &str) -> Result<usize, EmbedError> {
-            Ok(1)
+            Ok(self.tokens)
         }
     }
 
@@ -306,6 +441,7 @@ mod tests {
             calls: calls.clone(),
             started: Some(started_tx),
             gate: Some(gate),
+            tokens: 1,
         };
         let service = EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), 16)
             .await
@@ -332,6 +468,33 @@ mod tests {
             ["busy", "p0", "p1", "p2", "q0", "p3", "p4", "p5", "q1", "q2"],
             "{order:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_batch_goes_between_the_model_calls_of_a_long_pipeline_batch() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = std::sync::mpsc::channel();
+        let (started_tx, started) = oneshot::channel();
+        let recorder = Recorder {
+            calls: calls.clone(),
+            started: Some(started_tx),
+            gate: Some(gate),
+            // Two texts exceed the budget: one model call per text.
+            tokens: TOKEN_BUDGET / 2 + 1,
+        };
+        let service = EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), 2)
+            .await
+            .unwrap();
+        let backlog = service
+            .submit(vec!["b0".into(), "b1".into(), "b2".into(), "b3".into()])
+            .await;
+        started.await.unwrap();
+        let fresh = service.submit_fresh(vec!["fresh".into()]).await;
+        open.send(()).unwrap();
+        assert_eq!(fresh.await.unwrap().unwrap().0.len(), 1);
+        assert_eq!(backlog.await.unwrap().unwrap().0.len(), 4);
+        let order = calls.lock().unwrap().clone();
+        assert_eq!(order, ["b0", "fresh", "b1", "b2", "b3"], "{order:?}");
     }
 
     #[test]

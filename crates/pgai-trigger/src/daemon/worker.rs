@@ -336,8 +336,11 @@ impl Worker {
                 let (reply, rx) = oneshot::channel();
                 let _ = reply.send(Ok((Vec::new(), Duration::ZERO)));
                 rx
-            } else {
+            } else if hinted.is_empty() {
                 self.embed.submit(flat).await
+            } else {
+                // Rows a notification named: fresh writes go before any backlog's batch.
+                self.embed.submit_fresh(flat).await
             };
             if tx
                 .send(InFlight {

@@ -129,6 +129,10 @@ CREATE TABLE IF NOT EXISTS pgai.vectorizers (
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+-- Every role may read the declarations (like pg_catalog): a daemon running with least
+-- privilege must see which vectorizers to serve. Queue and chunk tables stay private.
+GRANT USAGE ON SCHEMA pgai TO PUBLIC;
+GRANT SELECT ON pgai.vectorizers TO PUBLIC;
 
 -- Daemons LISTEN here and reload the catalog: a vectorizer is served within a second.
 CREATE OR REPLACE FUNCTION pgai.notify_vectorizers() RETURNS trigger
