@@ -591,6 +591,11 @@ async fn metrics_reflect_the_pipeline() {
         "{text}"
     );
     assert!(text.contains("\npgai_listener_connected 1\n"), "{text}");
+    // The same per queue served, labelled with its vectorizer name.
+    assert!(
+        text.contains("\npgai_vectorizer_rows_embedded_total{vectorizer=\"m0_episodic\"} 1\n"),
+        "{text}"
+    );
     daemon.stop().await;
 }
 

@@ -174,5 +174,6 @@ impl Fleet {
             tracing::error!(vectorizer = %r.def.name, error = %e, "a vectorizer worker ended abnormally");
         }
         self.router.remove(&r.def.channel, &r.wake);
+        self.monitor.vectorizer_gone(&r.def.name);
     }
 }

@@ -133,6 +133,15 @@ impl Shared {
 }
 
 impl Worker {
+    /// A write-back of `claimed` rows wrote these.
+    fn written(&self, claimed: usize, written: &[crate::queue::Written]) {
+        let latencies: Vec<Option<f64>> = written.iter().map(|w| w.latency_secs).collect();
+        self.monitor
+            .batch_written(claimed, latencies.iter().copied());
+        self.monitor
+            .vectorizer_written(self.queue.name(), &latencies);
+    }
+
     fn connected(&self, up: bool) {
         if self.primary {
             self.monitor.worker_connected(up);
@@ -458,8 +467,7 @@ impl Worker {
         .await
         {
             Ok(written) => {
-                self.monitor
-                    .batch_written(claim.rows.len(), written.iter().map(|w| w.latency_secs));
+                self.written(claim.rows.len(), &written);
                 return Ok(());
             }
             Err(e) if e.is_row_level() => e,
@@ -480,9 +488,7 @@ impl Worker {
             )
             .await
             {
-                Ok(written) => self
-                    .monitor
-                    .batch_written(1, written.iter().map(|w| w.latency_secs)),
+                Ok(written) => self.written(1, &written),
                 Err(e) if e.is_row_level() => {
                     let failure =
                         RowFailure::new(format!("writing the vector was refused: {e}"), false);
@@ -687,7 +693,11 @@ impl Worker {
         )
         .await;
         match recorded {
-            Ok(n) => self.monitor.attempts_failed(n),
+            Ok(n) => {
+                self.monitor.attempts_failed(n);
+                self.monitor
+                    .vectorizer_attempts_failed(self.queue.name(), n);
+            }
             Err(e) if e.is_row_level() => self.quarantine(shared, id, &e.to_string()),
             Err(e) => return Err(e),
         }
@@ -749,6 +759,7 @@ impl Worker {
                     if self.primary {
                         self.monitor.queue_sampled(&counts, usage);
                     }
+                    self.monitor.vectorizer_sampled(self.queue.name(), &counts);
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 mod prometheus;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,7 +60,27 @@ pub struct Monitor {
     batch_hist: Histogram,
     latencies: Mutex<VecDeque<f64>>,
     last_error: Mutex<Option<String>>,
+    /// The same events per queue served (vectorizer name, or the configured table's).
+    vectorizers: Mutex<BTreeMap<String, VectorizerCounters>>,
 }
+
+/// What the monitor keeps per vectorizer (the `vectorizer` label of `/metrics`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VectorizerCounters {
+    /// Rows whose vector (or chunks) this daemon wrote.
+    pub embedded: u64,
+    /// Failed attempts recorded on its rows.
+    pub failed_attempts: u64,
+    /// The queue as last sampled from the database.
+    pub queue: crate::queue::QueueCounts,
+    /// Latencies (ms, commit → write) of its latest rows.
+    #[serde(skip)]
+    latencies: VecDeque<f64>,
+    pub latency_ms: Option<Percentiles>,
+}
+
+/// Latencies kept per vectorizer for its percentiles.
+const VECTORIZER_WINDOW: usize = 1000;
 
 impl Default for Monitor {
     fn default() -> Self {
@@ -89,6 +109,7 @@ impl Default for Monitor {
             batch_hist: Histogram::new(BATCH_BUCKETS),
             latencies: Mutex::new(VecDeque::with_capacity(WINDOW)),
             last_error: Mutex::new(None),
+            vectorizers: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -166,6 +187,55 @@ impl Monitor {
     /// Failed attempts were recorded on `rows` rows.
     pub fn attempts_failed(&self, rows: u64) {
         self.failed_attempts.fetch_add(rows, Relaxed);
+    }
+
+    fn vectorizer<R>(&self, name: &str, f: impl FnOnce(&mut VectorizerCounters) -> R) -> R {
+        let mut all = self.vectorizers.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(name.to_string()).or_default())
+    }
+
+    /// Rows of vectorizer `name` were written, with these latencies (seconds).
+    pub fn vectorizer_written(&self, name: &str, latencies: &[Option<f64>]) {
+        self.vectorizer(name, |v| {
+            v.embedded += latencies.len() as u64;
+            for ms in latencies.iter().flatten().map(|s| s * 1000.0) {
+                if v.latencies.len() == VECTORIZER_WINDOW {
+                    v.latencies.pop_front();
+                }
+                v.latencies.push_back(ms);
+            }
+        });
+    }
+
+    /// Failed attempts were recorded on `rows` rows of vectorizer `name`.
+    pub fn vectorizer_attempts_failed(&self, name: &str, rows: u64) {
+        self.vectorizer(name, |v| v.failed_attempts += rows);
+    }
+
+    /// Vectorizer `name`'s queue, as its worker sampled it.
+    pub fn vectorizer_sampled(&self, name: &str, q: &crate::queue::QueueCounts) {
+        self.vectorizer(name, |v| v.queue = *q);
+    }
+
+    /// Forgets a vectorizer this daemon no longer serves.
+    pub fn vectorizer_gone(&self, name: &str) {
+        self.vectorizers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// Per-vectorizer counters, by name.
+    pub fn vectorizers(&self) -> BTreeMap<String, VectorizerCounters> {
+        let all = self.vectorizers.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|(k, v)| {
+                let mut v = v.clone();
+                v.latency_ms = (!v.latencies.is_empty())
+                    .then(|| percentiles(v.latencies.iter().copied().collect()));
+                (k.clone(), v)
+            })
+            .collect()
     }
 
     /// Rows this daemon skips because PostgreSQL refuses every update of them.

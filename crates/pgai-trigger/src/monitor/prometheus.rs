@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::Monitor;
+use std::collections::BTreeMap;
+
+use super::{Monitor, VectorizerCounters};
 
 impl Monitor {
     /// Prometheus text exposition (version 0.0.4), every name prefixed `pgai_`.
@@ -136,7 +138,79 @@ impl Monitor {
         );
         self.batch_hist
             .render(&mut out, "pgai_batch_size_rows", "Rows per written batch.");
+        render_vectorizers(&mut out, &self.vectorizers());
         out
+    }
+}
+
+/// The per-vectorizer series, labelled `vectorizer="<name>"`.
+fn render_vectorizers(out: &mut String, all: &BTreeMap<String, VectorizerCounters>) {
+    if all.is_empty() {
+        return;
+    }
+    type Value = fn(&VectorizerCounters) -> Option<f64>;
+    let series: [(&str, &str, &str, Value); 7] = [
+        (
+            "pgai_vectorizer_rows_embedded_total",
+            "counter",
+            "Rows of the vectorizer whose vectors this daemon wrote.",
+            |v| Some(v.embedded as f64),
+        ),
+        (
+            "pgai_vectorizer_attempts_failed_total",
+            "counter",
+            "Failed attempts recorded on the vectorizer's rows.",
+            |v| Some(v.failed_attempts as f64),
+        ),
+        (
+            "pgai_vectorizer_queue_depth",
+            "gauge",
+            "The vectorizer's rows pending or processing (sampled).",
+            |v| Some(v.queue.depth() as f64),
+        ),
+        (
+            "pgai_vectorizer_rows_failed",
+            "gauge",
+            "The vectorizer's rows out of attempts (sampled).",
+            |v| Some(v.queue.failed as f64),
+        ),
+        (
+            "pgai_vectorizer_oldest_pending_seconds",
+            "gauge",
+            "Age of the vectorizer's oldest queued row (sampled; 0 when none).",
+            |v| Some(v.queue.oldest_pending_secs.unwrap_or(0.0)),
+        ),
+        (
+            "pgai_vectorizer_latency_p50_seconds",
+            "gauge",
+            "Median commit-to-vector latency of the vectorizer's latest rows.",
+            |v| {
+                v.latency_ms
+                    .as_ref()
+                    .and_then(|p| p.p50)
+                    .map(|ms| ms / 1000.0)
+            },
+        ),
+        (
+            "pgai_vectorizer_latency_p99_seconds",
+            "gauge",
+            "99th percentile commit-to-vector latency of the vectorizer's latest rows.",
+            |v| {
+                v.latency_ms
+                    .as_ref()
+                    .and_then(|p| p.p99)
+                    .map(|ms| ms / 1000.0)
+            },
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (vectorizer, v) in all {
+            if let Some(x) = value(v) {
+                let label = vectorizer.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{vectorizer=\"{label}\"}} {x}\n"));
+            }
+        }
     }
 }
 
