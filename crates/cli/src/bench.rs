@@ -48,8 +48,7 @@ use pgai_cluster::{Cluster, ClusterConfig};
 use pgai_trigger::{quote_ident, schema, Table};
 use probe::{Probe, Usage, Watched};
 use report::{
-    BurstRun, FairnessOnly, Idle, LatencyRun, Memory, Meta, Mode, PhaseUsage, PollingRatio,
-    Results,
+    BurstRun, FairnessOnly, Idle, LatencyRun, Memory, Meta, Mode, PhaseUsage, PollingRatio, Results,
 };
 use texts::Profile;
 
@@ -440,7 +439,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let watched = |daemon: Option<u32>| Watched { daemon, postmaster };
 
     if args.fairness_only {
-        let (fair, fair_stopped) = fairness_phase(&db, &launcher, watched(None), &plan, &args).await?;
+        let (fair, fair_stopped) =
+            fairness_phase(&db, &launcher, watched(None), &plan, &args).await?;
         let phases = vec![PhaseUsage {
             phase: "fairness, loaded window".into(),
             usage: fair.usage,

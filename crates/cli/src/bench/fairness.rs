@@ -245,8 +245,8 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let first_vector_s = first_vector_s
-        .context("vectorizer A wrote no vector within 120 s of its creation")?;
+    let first_vector_s =
+        first_vector_s.context("vectorizer A wrote no vector within 120 s of its creation")?;
 
     // Loaded: the same inserts into B, while A works through its backlog.
     pb.set_message("B while A backfills");
@@ -297,9 +297,7 @@ async fn measure(
     let stopped = daemon.stop().await?;
 
     let diff = |f: fn(&Percentiles) -> Option<f64>| {
-        f(&loaded.db_ms)
-            .zip(f(&idle.db_ms))
-            .map(|(l, i)| l - i)
+        f(&loaded.db_ms).zip(f(&idle.db_ms)).map(|(l, i)| l - i)
     };
     let p99_diff_ms = diff(|p| p.p99);
     Ok((
@@ -366,9 +364,8 @@ async fn paced(
 /// Waits until every id of `ids` has its vector in queue `q`, or `within` passes (the missing
 /// ones are then counted by [`latencies`]).
 async fn wait_embedded(db: &Client, q: &str, ids: &[i64], within: Duration) -> Result<()> {
-    let sql = format!(
-        "SELECT count(*) FROM {q} WHERE \"k_id\" = ANY($1) AND embedded_at IS NOT NULL"
-    );
+    let sql =
+        format!("SELECT count(*) FROM {q} WHERE \"k_id\" = ANY($1) AND embedded_at IS NOT NULL");
     let until = Instant::now() + within;
     loop {
         let n: i64 = db.query_one(&sql, &[&ids]).await?.get(0);

@@ -672,7 +672,10 @@ fn fairness_section(o: &mut String, fr: &Fairness, n: &str) {
         o,
         "   latency = embedded_at - queued_at in B's queue (database clock: insert -> vector written), ms"
     );
-    let _ = writeln!(o, "  run     rows   p50     p95     p99     max      | missing");
+    let _ = writeln!(
+        o,
+        "  run     rows   p50     p95     p99     max      | missing"
+    );
     for (label, l) in [("idle", &fr.idle), ("loaded", &fr.loaded)] {
         let _ = writeln!(
             o,
