@@ -12,15 +12,18 @@
 //!    (precomputed vectors written through the daemon's own statements), and the ceiling that
 //!    follows;
 //! 5. what the notify trigger costs a bulk insert (per row, per statement, none);
-//! 6. the daemon's idle CPU and its peak memory.
+//! 6. the daemon's idle CPU and its peak memory;
+//! 7. fairness: one daemon serving two vectorizers, a lone insert into B alone and while A
+//!    backfills a large table (`--fairness-only` runs this phase alone).
 //!
 //! It prints a table and writes JSON, the table as text, and an SVG latency plot. Nothing is
 //! asserted: the performance targets are reported as met or missed (README, Performance).
 //!
 //! Modules: `texts` (the two text profiles), `child` (the daemon process), `listen`
 //! (the `embedding_ready` ear), `latency` (steady inserts, burst), `model` (raw model),
-//! `dbcost` (database write cost, trigger overhead), `probe` (CPU and memory from /proc),
-//! `report` (results, breakdown, targets, table), `svg` (the plot).
+//! `dbcost` (database write cost, trigger overhead), `fairness` (two vectorizers, one daemon),
+//! `probe` (CPU and memory from /proc), `report` (results, breakdown, targets, table), `svg`
+//! (the plot).
 
 mod child;
 mod dbcost;
