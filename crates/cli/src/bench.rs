@@ -12,18 +12,22 @@
 //!    (precomputed vectors written through the daemon's own statements), and the ceiling that
 //!    follows;
 //! 5. what the notify trigger costs a bulk insert (per row, per statement, none);
-//! 6. the daemon's idle CPU and its peak memory.
+//! 6. the daemon's idle CPU and its peak memory;
+//! 7. fairness: one daemon serving two vectorizers, a lone insert into B alone and while A
+//!    backfills a large table (`--fairness-only` runs this phase alone).
 //!
 //! It prints a table and writes JSON, the table as text, and an SVG latency plot. Nothing is
 //! asserted: the performance targets are reported as met or missed (README, Performance).
 //!
 //! Modules: `texts` (the two text profiles), `child` (the daemon process), `listen`
 //! (the `embedding_ready` ear), `latency` (steady inserts, burst), `model` (raw model),
-//! `dbcost` (database write cost, trigger overhead), `probe` (CPU and memory from /proc),
-//! `report` (results, breakdown, targets, table), `svg` (the plot).
+//! `dbcost` (database write cost, trigger overhead), `fairness` (two vectorizers, one daemon),
+//! `probe` (CPU and memory from /proc), `report` (results, breakdown, targets, table), `svg`
+//! (the plot).
 
 mod child;
 mod dbcost;
+mod fairness;
 mod latency;
 mod listen;
 mod model;
@@ -46,7 +50,9 @@ use listen::ReadyListener;
 use pgai_cluster::{Cluster, ClusterConfig};
 use pgai_trigger::{quote_ident, schema, Table};
 use probe::{Probe, Usage, Watched};
-use report::{BurstRun, Idle, LatencyRun, Memory, Meta, Mode, PollingRatio, Results};
+use report::{
+    BurstRun, FairnessOnly, Idle, LatencyRun, Memory, Meta, Mode, PhaseUsage, PollingRatio, Results,
+};
 use texts::Profile;
 
 /// `pgai-trigger bench`: commit-to-vector latency, burst throughput, the model's own speed,
@@ -126,6 +132,20 @@ pub struct BenchArgs {
     /// Seconds over which the idle daemons' CPU is measured [default: 60; quick: 1].
     #[arg(long)]
     pub idle_secs: Option<f64>,
+    /// Rows of vectorizer A's table in the fairness phase, all queued by its backfill while
+    /// single inserts into vectorizer B are timed [default: 100000; quick: 2000].
+    #[arg(long)]
+    pub fairness_rows: Option<usize>,
+    /// Single inserts into vectorizer B per fairness run (alone, then during A's backfill)
+    /// [default: 20; quick: 5].
+    #[arg(long)]
+    pub fairness_singles: Option<usize>,
+    /// Inserts per second into vectorizer B in the fairness runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub fairness_rate: f64,
+    /// Run only the fairness phase (one daemon, two vectorizers) and write its results alone.
+    #[arg(long)]
+    pub fairness_only: bool,
     /// Write the texts the raw-model measurement embeds (batched and alone, both profiles) as
     /// JSON to this file and exit, to time other embedders on the very same texts.
     #[arg(long, value_name = "FILE")]
@@ -158,6 +178,8 @@ struct Plan {
     overhead_rows: usize,
     overhead_repeats: usize,
     idle: Duration,
+    fairness_rows: usize,
+    fairness_singles: usize,
 }
 
 impl Plan {
@@ -180,10 +202,12 @@ impl Plan {
             idle: Duration::from_secs_f64(
                 a.idle_secs.unwrap_or(if q { 1.0 } else { 60.0 }).max(0.1),
             ),
+            fairness_rows: pick(a.fairness_rows, 100_000, 2_000).max(1),
+            fairness_singles: pick(a.fairness_singles, 20, 5).max(1),
         };
         anyhow::ensure!(
-            a.rate > 0.0 && a.rate_long > 0.0 && a.trickle_rate > 0.0,
-            "--rate, --rate-long and --trickle-rate must be positive"
+            a.rate > 0.0 && a.rate_long > 0.0 && a.trickle_rate > 0.0 && a.fairness_rate > 0.0,
+            "--rate, --rate-long, --trickle-rate and --fairness-rate must be positive"
         );
         anyhow::ensure!(
             (1..=4096).contains(&a.batch_size),
@@ -196,8 +220,8 @@ impl Plan {
 /// Table names of the run (`pgai_bench_*`).
 const PREFIX: &str = "pgai_bench";
 
-/// Drops a bench table and its requeue function (the shared notify functions stay: a real
-/// table may use them).
+/// Drops a bench table, its requeue function and its `in_place` row of the vectorizer catalog
+/// (the shared notify functions stay: a real table may use them).
 async fn drop_table(db: &Client, table: &Table) -> Result<()> {
     db.batch_execute(&format!(
         "DROP TABLE IF EXISTS {} CASCADE; DROP FUNCTION IF EXISTS {}() CASCADE;",
@@ -205,6 +229,17 @@ async fn drop_table(db: &Client, table: &Table) -> Result<()> {
         quote_ident(&format!("{}_requeue", table.name()))
     ))
     .await?;
+    let catalog: bool = db
+        .query_one("SELECT to_regclass('pgai.vectorizers') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if catalog {
+        db.execute(
+            "DELETE FROM pgai.vectorizers WHERE name = $1 AND destination = 'in_place'",
+            &[&table.name()],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -370,6 +405,70 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         )
         .await?
         .get(0);
+    let mut meta = Meta {
+        command: std::env::args()
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+        git: std::process::Command::new("git")
+            .args(["describe", "--always", "--dirty", "--abbrev=10"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        started_utc,
+        duration_s: 0.0,
+        cores,
+        cpu_model: probe::cpu_model(),
+        load_avg_start,
+        load_avg_end: None,
+        other_cores_max: None,
+        database,
+        postgres_version,
+        pgvector_version: None,
+        fsync,
+        synchronous_commit,
+        batch_size: args.batch_size,
+        daemon_args: args.daemon_args.clone(),
+        quick: args.quick,
+    };
+    let launcher = Launcher {
+        bin,
+        database_url: url.clone(),
+        batch_size: args.batch_size,
+        extra_args: args.daemon_args.clone(),
+        log_dir: scratch.dir.clone(),
+    };
+    let watched = |daemon: Option<u32>| Watched { daemon, postmaster };
+
+    if args.fairness_only {
+        let (fair, fair_stopped) =
+            fairness_phase(&db, &launcher, watched(None), &plan, &args).await?;
+        let phases = vec![PhaseUsage {
+            phase: "fairness, loaded window".into(),
+            usage: fair.usage,
+        }];
+        finish_meta(&mut meta, &db, started, &phases).await?;
+        drop((db, db2));
+        stop_scratch(scratch).await?;
+        let mut results = FairnessOnly {
+            meta,
+            memory: Memory {
+                peak_rss_mb_under_load: fair_stopped.peak_rss_mb,
+                daemons: vec![fair_stopped],
+            },
+            fairness: fair,
+            targets: Vec::new(),
+            phases,
+        };
+        results.evaluate();
+        return write_outputs(
+            &serde_json::to_value(&results)?,
+            &report::fairness_only_table(&results),
+            &json_path,
+        );
+    }
+
     let table = |suffix: &str| Table::new(&format!("{PREFIX}_{suffix}"));
     let names = [
         "write",
@@ -384,8 +483,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for n in names {
         drop_table(&db, &table(n)?).await?;
     }
+    // An interrupted run's vectorizers would be served by every daemon of this one.
+    fairness::clean(&db).await?;
 
-    let watched = |daemon: Option<u32>| Watched { daemon, postmaster };
     // What each phase used, and what other programs used meanwhile.
     let mut phases: Vec<report::PhaseUsage> = Vec::new();
     let mut note = |phase: String, u: &Usage| phases.push(report::PhaseUsage { phase, usage: *u });
@@ -516,13 +616,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
 
     // 1-3, 6. The daemon.
-    let launcher = Launcher {
-        bin,
-        database_url: url.clone(),
-        batch_size: args.batch_size,
-        extra_args: args.daemon_args.clone(),
-        log_dir: scratch.dir.clone(),
-    };
     let ready = ReadyListener::start(&url).await?;
     let mut latency_runs = Vec::new();
     let mut bursts = Vec::new();
@@ -655,20 +748,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         stopped.push(daemon.stop().await?);
     }
     drop(ready);
-    let pgvector_version: Option<String> = db
-        .query_opt(
-            "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
-            &[],
-        )
-        .await?
-        .map(|r| r.get(0));
+
+    // 7. Fairness: one daemon, two vectorizers.
+    let (fair, fair_stopped) = fairness_phase(&db, &launcher, watched(None), &plan, &args).await?;
+    note("fairness, loaded window".into(), &fair.usage);
+    stopped.push(fair_stopped);
+
     for n in names {
         drop_table(&db, &table(n)?).await?;
     }
+    finish_meta(&mut meta, &db, started, &phases).await?;
     drop((db, db2));
-    let pb = bar("stopping", 1);
-    tokio::task::spawn_blocking(move || drop(scratch)).await?;
-    done(pb, "done".into());
+    stop_scratch(scratch).await?;
 
     // The report.
     let polling = [Profile::Short, Profile::Long]
@@ -720,36 +811,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .filter_map(|s| s.peak_rss_mb)
         .reduce(f64::max);
     let mut results = Results {
-        meta: Meta {
-            command: std::env::args()
-                .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
-                .collect::<Vec<_>>()
-                .join(" "),
-            git: std::process::Command::new("git")
-                .args(["describe", "--always", "--dirty", "--abbrev=10"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-            started_utc,
-            duration_s: started.elapsed().as_secs_f64(),
-            cores,
-            cpu_model: probe::cpu_model(),
-            load_avg_start,
-            load_avg_end: probe::load_avg(),
-            other_cores_max: phases
-                .iter()
-                .filter_map(|p| p.usage.other_cores)
-                .reduce(f64::max),
-            database,
-            postgres_version,
-            pgvector_version,
-            fsync,
-            synchronous_commit,
-            batch_size: args.batch_size,
-            daemon_args: args.daemon_args.clone(),
-            quick: args.quick,
-        },
+        meta,
         latency: latency_runs,
         polling,
         burst: bursts,
@@ -762,12 +824,85 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             daemons: stopped,
             peak_rss_mb_under_load: under_load,
         },
+        fairness: fair,
         targets: Vec::new(),
         phases,
     };
     results.evaluate(args.st_rows_per_s);
-    write_outputs(&results, &json_path)?;
+    write_outputs(
+        &serde_json::to_value(&results)?,
+        &report::table(&results),
+        &json_path,
+    )
+}
+
+/// The run's figures known only at its end: duration, load, other programs' share, pgvector.
+async fn finish_meta(
+    meta: &mut Meta,
+    db: &Client,
+    started: Instant,
+    phases: &[PhaseUsage],
+) -> Result<()> {
+    meta.pgvector_version = db
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    meta.duration_s = started.elapsed().as_secs_f64();
+    meta.load_avg_end = probe::load_avg();
+    meta.other_cores_max = phases
+        .iter()
+        .filter_map(|p| p.usage.other_cores)
+        .reduce(f64::max);
     Ok(())
+}
+
+/// Stops the embedded cluster (if any) and removes the scratch directory.
+async fn stop_scratch(scratch: Scratch) -> Result<()> {
+    let pb = bar("stopping", 1);
+    tokio::task::spawn_blocking(move || drop(scratch)).await?;
+    done(pb, "done".into());
+    Ok(())
+}
+
+/// Phase 7: single inserts into vectorizer B alone, then while vectorizer A backfills.
+async fn fairness_phase(
+    db: &Client,
+    launcher: &Launcher,
+    watched: Watched,
+    plan: &Plan,
+    args: &BenchArgs,
+) -> Result<(fairness::Fairness, Stopped)> {
+    let pb = bar(
+        &format!("fairness, {} rows backfilled", plan.fairness_rows),
+        (3 + 2 * plan.fairness_singles) as u64,
+    );
+    let (fair, stopped) = fairness::run(
+        db,
+        &fairness::Setup {
+            launcher,
+            watched,
+            backfill_rows: plan.fairness_rows,
+            singles: plan.fairness_singles,
+            rate: args.fairness_rate,
+        },
+        &pb,
+    )
+    .await?;
+    done(
+        pb,
+        format!(
+            "B alone P50 {} P99 {}; while A backfills ({:.0} rows/s) P50 {} P99 {}",
+            ms(fair.idle.db_ms.p50),
+            ms(fair.idle.db_ms.p99),
+            fair.backfill.rows_per_s,
+            ms(fair.loaded.db_ms.p50),
+            ms(fair.loaded.db_ms.p99)
+        ),
+    );
+    Ok((fair, stopped))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -869,15 +1004,13 @@ fn report_pct(v: Option<f64>) -> String {
 }
 
 /// Writes the JSON, the table (.txt) and the plot (.svg), and prints the table.
-fn write_outputs(r: &Results, json: &Path) -> Result<()> {
-    let doc = serde_json::to_value(r)?;
-    std::fs::write(json, serde_json::to_string_pretty(&doc)? + "\n")
+fn write_outputs(doc: &serde_json::Value, text: &str, json: &Path) -> Result<()> {
+    std::fs::write(json, serde_json::to_string_pretty(doc)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
-    let text = report::table(r);
     let txt = json.with_extension("txt");
-    std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
+    std::fs::write(&txt, text).with_context(|| format!("writing {}", txt.display()))?;
     let svg_path = json.with_extension("svg");
-    std::fs::write(&svg_path, plot(&doc))
+    std::fs::write(&svg_path, plot(doc))
         .with_context(|| format!("writing {}", svg_path.display()))?;
     println!("{text}");
     println!(
@@ -926,6 +1059,16 @@ fn plot(doc: &serde_json::Value) -> String {
             profile == "long",
             samples(&b["trickle"]["samples_ms"]),
         ));
+    }
+    let fair = &doc["fairness"];
+    for (run, label, dashed) in [
+        ("idle", "vectorizer B alone", false),
+        ("loaded", "vectorizer B while A backfills", true),
+    ] {
+        if fair[run].is_object() {
+            let label = format!("{label} (database clock)");
+            owned.push((label, "#9467bd", dashed, samples(&fair[run]["samples_ms"])));
+        }
     }
     let series: Vec<svg::Series> = owned
         .iter()

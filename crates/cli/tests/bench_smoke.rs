@@ -13,7 +13,14 @@ fn quick_bench_writes_every_section() {
     let dir = TestDir::new("bench-smoke");
     let out = dir.path().join("results.json");
     let run = Command::new(env!("CARGO_BIN_EXE_pgai-trigger"))
-        .args(["bench", "--quick", "--no-fsync", "--out"])
+        .args([
+            "bench",
+            "--quick",
+            "--no-fsync",
+            "--fairness-rows",
+            "2000",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .expect("running pgai-trigger bench");
@@ -38,6 +45,7 @@ fn quick_bench_writes_every_section() {
         "trigger_overhead",
         "idle",
         "memory",
+        "fairness",
         "targets",
     ] {
         assert!(
@@ -112,13 +120,36 @@ fn quick_bench_writes_every_section() {
     num(&json["idle"]["immediate_cpu_percent"], "idle CPU");
     num(&json["idle"]["polling_cpu_percent"], "idle CPU, polling");
     let daemons = json["memory"]["daemons"].as_array().unwrap();
-    assert_eq!(daemons.len(), 5, "{daemons:#?}");
+    assert_eq!(daemons.len(), 6, "{daemons:#?}");
     assert!(daemons.iter().all(|d| d["peak_rss_mb"].is_number()));
     num(
         &json["memory"]["peak_rss_mb_under_load"],
         "peak RSS under load",
     );
-    assert_eq!(json["targets"].as_array().unwrap().len(), 7);
+
+    // Fairness: B's singles alone and during A's backfill, all embedded; A's backfill figures.
+    let fair = &json["fairness"];
+    assert_eq!(fair["backfill_rows"], 2000, "{fair:#}");
+    for run in ["idle", "loaded"] {
+        assert_eq!(fair[run]["missing"], 0, "every B row embedded: {fair:#}");
+        assert_eq!(fair[run]["db_ms"]["samples"], fair[run]["rows"], "{fair:#}");
+        num(&fair[run]["db_ms"]["p50"], "fairness P50");
+        num(&fair[run]["db_ms"]["p99"], "fairness P99");
+    }
+    num(&fair["p50_diff_ms"], "fairness P50 difference");
+    num(&fair["p99_diff_ms"], "fairness P99 difference");
+    assert!(fair["met"].is_boolean(), "{fair:#}");
+    for k in [
+        "window_s",
+        "rows_in_window",
+        "rows_per_s",
+        "pending_at_start",
+        "pending_at_end",
+    ] {
+        num(&fair["backfill"][k], k);
+    }
+    assert!(fair["backfill"]["drained_during_window"].is_boolean());
+    assert_eq!(json["targets"].as_array().unwrap().len(), 8);
 
     let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -128,4 +159,6 @@ fn quick_bench_writes_every_section() {
     );
     let table = std::fs::read_to_string(out.with_extension("txt")).unwrap();
     assert!(table.contains("Targets"), "{table}");
+    assert!(table.contains("Fairness"), "{table}");
+    assert!(table.contains("Summary (README-ready)"), "{table}");
 }

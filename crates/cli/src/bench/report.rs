@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::child::Stopped;
 use super::dbcost::{DbWrite, TriggerOverhead};
+use super::fairness::Fairness;
 use super::latency::{Burst, Latencies};
 use super::model::{RawModel, RawProfile};
 use super::probe::Usage;
@@ -23,9 +24,27 @@ pub struct Results {
     pub trigger_overhead: TriggerOverhead,
     pub idle: Idle,
     pub memory: Memory,
+    /// One daemon, two vectorizers: a lone insert's latency while the other backfills.
+    pub fairness: Fairness,
     pub targets: Vec<Target>,
     /// Cores used per phase by the daemon, PostgreSQL, the bench and everything else.
     pub phases: Vec<PhaseUsage>,
+}
+
+/// A `--fairness-only` run, as written to `--out`: the fairness phase and nothing else.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FairnessOnly {
+    pub meta: Meta,
+    pub fairness: Fairness,
+    pub memory: Memory,
+    pub targets: Vec<Target>,
+    pub phases: Vec<PhaseUsage>,
+}
+
+impl FairnessOnly {
+    pub fn evaluate(&mut self) {
+        self.targets = vec![fairness_target(&self.fairness)];
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -194,6 +213,18 @@ fn target(
     }
 }
 
+/// B's tail latency under A's backfill against B's alone (a B row left without a vector
+/// counts as missed).
+pub fn fairness_target(fr: &Fairness) -> Target {
+    Target {
+        name: "fairness: P99 of B while A backfills - idle".into(),
+        goal: format!("<= {:.0} ms", fr.target_ms),
+        value: fr.p99_diff_ms,
+        unit: "ms".into(),
+        met: fr.met,
+    }
+}
+
 /// Per-row costs from the raw model and the database write, against the burst.
 pub fn batched_row(
     raw: &RawProfile,
@@ -332,6 +363,7 @@ impl Results {
                 "MB",
                 |v| v <= 300.0,
             ),
+            fairness_target(&self.fairness),
         ];
     }
 }
@@ -343,54 +375,8 @@ fn f(v: Option<f64>, digits: usize) -> String {
 
 /// The plain-text table (also printed).
 pub fn table(r: &Results) -> String {
-    let mut o = String::new();
+    let mut o = header(&r.meta, &r.phases);
     let m = &r.meta;
-    let _ = writeln!(
-        o,
-        "pgai-trigger bench, {} UTC, {:.0} s",
-        m.started_utc, m.duration_s
-    );
-    let _ = writeln!(
-        o,
-        "command:  {}   (git {})",
-        m.command,
-        m.git.as_deref().unwrap_or("?")
-    );
-    let _ = writeln!(
-        o,
-        "machine:  {} cores ({}), load average at start {}; other programs used up to {} cores during a phase",
-        m.cores,
-        m.cpu_model.as_deref().unwrap_or("?"),
-        m.load_avg_start.map(|l| format!("{:.2}", l[0])).unwrap_or_else(|| "?".into()),
-        f(m.other_cores_max, 2)
-    );
-    let _ = writeln!(
-        o,
-        "database: {}, PostgreSQL {}, pgvector {}, fsync {}, synchronous_commit {}; daemon --batch-size {}{}",
-        m.database,
-        m.postgres_version,
-        m.pgvector_version.as_deref().unwrap_or("?"),
-        m.fsync,
-        m.synchronous_commit,
-        m.batch_size,
-        if m.daemon_args.is_empty() { String::new() } else { format!(" {}", m.daemon_args.join(" ")) }
-    );
-    if m.other_cores_max.is_some_and(|o| o > 0.25) {
-        let noisy: Vec<String> = r
-            .phases
-            .iter()
-            .filter(|p| p.usage.other_cores.is_some_and(|o| o > 0.25))
-            .map(|p| format!("{} {}", p.phase, f(p.usage.other_cores, 2)))
-            .collect();
-        let _ = writeln!(o, "NOISY: other programs shared the cores (cores used by others: {}); times are pessimistic", noisy.join(", "));
-    }
-    if m.quick {
-        let _ = writeln!(
-            o,
-            "QUICK RUN: counts shrunk to prove the command works; the numbers mean little"
-        );
-    }
-
     let _ = writeln!(o, "\n1-2. Latency of single inserts: insert commit -> embedding_ready received (client clock), ms");
     let _ = writeln!(o, "  profile mode       rate/s  rows   p50     p95     p99     max      | db clock p50   p99   | missing");
     for l in &r.latency {
@@ -591,8 +577,181 @@ pub fn table(r: &Results) -> String {
         .collect();
     let _ = writeln!(o, "  peak RSS (MB): {}", peaks.join(", "));
 
+    fairness_section(&mut o, &r.fairness, "7");
+    targets_section(&mut o, &r.targets);
+    let short = r.latency_of(Profile::Short, Mode::Immediate);
+    let burst = r.burst.iter().find(|b| b.profile == Profile::Short);
+    summary_section(
+        &mut o,
+        &[
+            format!(
+                "- A lone short insert gets its vector (commit -> `embedding_ready` received) in P50 {} ms, P99 {} ms ({}/s, LISTEN mode).",
+                f(short.and_then(|l| l.latencies.client_ms.p50), 1),
+                f(short.and_then(|l| l.latencies.client_ms.p99), 1),
+                short.map(|l| l.rate_per_s).unwrap_or(0.0)
+            ),
+            format!(
+                "- A burst of {} short rows in one INSERT drains at {} rows/s.",
+                burst.map(|b| b.burst.rows).unwrap_or(0),
+                f(burst.map(|b| b.burst.rows_per_s), 0)
+            ),
+            fairness_summary(&r.fairness),
+        ],
+    );
+    o
+}
+
+/// The table of a `--fairness-only` run.
+pub fn fairness_only_table(r: &FairnessOnly) -> String {
+    let mut o = header(&r.meta, &r.phases);
+    fairness_section(&mut o, &r.fairness, "1");
+    targets_section(&mut o, &r.targets);
+    summary_section(&mut o, &[fairness_summary(&r.fairness)]);
+    o
+}
+
+/// The run's command, machine and database, and a warning when others shared the cores.
+fn header(m: &Meta, phases: &[PhaseUsage]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "pgai-trigger bench, {} UTC, {:.0} s",
+        m.started_utc, m.duration_s
+    );
+    let _ = writeln!(
+        o,
+        "command:  {}   (git {})",
+        m.command,
+        m.git.as_deref().unwrap_or("?")
+    );
+    let _ = writeln!(
+        o,
+        "machine:  {} cores ({}), load average at start {}; other programs used up to {} cores during a phase",
+        m.cores,
+        m.cpu_model.as_deref().unwrap_or("?"),
+        m.load_avg_start.map(|l| format!("{:.2}", l[0])).unwrap_or_else(|| "?".into()),
+        f(m.other_cores_max, 2)
+    );
+    let _ = writeln!(
+        o,
+        "database: {}, PostgreSQL {}, pgvector {}, fsync {}, synchronous_commit {}; daemon --batch-size {}{}",
+        m.database,
+        m.postgres_version,
+        m.pgvector_version.as_deref().unwrap_or("?"),
+        m.fsync,
+        m.synchronous_commit,
+        m.batch_size,
+        if m.daemon_args.is_empty() { String::new() } else { format!(" {}", m.daemon_args.join(" ")) }
+    );
+    if m.other_cores_max.is_some_and(|o| o > 0.25) {
+        let noisy: Vec<String> = phases
+            .iter()
+            .filter(|p| p.usage.other_cores.is_some_and(|o| o > 0.25))
+            .map(|p| format!("{} {}", p.phase, f(p.usage.other_cores, 2)))
+            .collect();
+        let _ = writeln!(o, "NOISY: other programs shared the cores (cores used by others: {}); times are pessimistic", noisy.join(", "));
+    }
+    if m.quick {
+        let _ = writeln!(
+            o,
+            "QUICK RUN: counts shrunk to prove the command works; the numbers mean little"
+        );
+    }
+    o
+}
+
+/// Section `n`: vectorizer B's single inserts alone and while A backfills.
+fn fairness_section(o: &mut String, fr: &Fairness, n: &str) {
+    let bf = &fr.backfill;
+    let _ = writeln!(
+        o,
+        "\n{n}. Fairness: one daemon, two vectorizers; single inserts into B ({} at {}/s), alone and while A backfills {} rows",
+        fr.singles, fr.rate_per_s, fr.backfill_rows
+    );
+    let _ = writeln!(
+        o,
+        "   latency = embedded_at - queued_at in B's queue (database clock: insert -> vector written), ms"
+    );
+    let _ = writeln!(
+        o,
+        "  run     rows   p50     p95     p99     max      | missing"
+    );
+    for (label, l) in [("idle", &fr.idle), ("loaded", &fr.loaded)] {
+        let _ = writeln!(
+            o,
+            "  {:<6} {:>5}  {:>7} {:>7} {:>7} {:>8} | {}",
+            label,
+            l.rows,
+            f(l.db_ms.p50, 1),
+            f(l.db_ms.p95, 1),
+            f(l.db_ms.p99, 1),
+            f(l.db_ms.max, 1),
+            l.missing
+        );
+    }
+    let mark = match fr.met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "n/a",
+    };
+    let _ = writeln!(
+        o,
+        "  loaded - idle: P50 {} ms, P99 {} ms; target: P99 within {:.0} ms of idle: {mark}",
+        f(fr.p50_diff_ms, 1),
+        f(fr.p99_diff_ms, 1),
+        fr.target_ms
+    );
+    let _ = writeln!(
+        o,
+        "  A's backfill during the loaded window ({:.1} s): {} rows, {:.0} rows/s; pending {} at the start, {} at the end (table filled in {:.1} s, create_vectorizer {:.2} s, first vector after {} s)",
+        bf.window_s,
+        bf.rows_in_window,
+        bf.rows_per_s,
+        bf.pending_at_start,
+        bf.pending_at_end,
+        bf.fill_s,
+        bf.create_s,
+        f(bf.first_vector_s, 2)
+    );
+    let u = &fr.usage;
+    let _ = writeln!(
+        o,
+        "  cores during the window: daemon {}, postgres {}, other {}",
+        f(u.daemon_cores, 2),
+        f(u.postgres_cores, 2),
+        f(u.other_cores, 2)
+    );
+    if bf.drained_during_window {
+        let _ = writeln!(
+            o,
+            "  !! A drained before the window ended: part of the loaded run had no backfill beside it (use more --fairness-rows)"
+        );
+    }
+}
+
+/// The one-line fairness figure for the README.
+fn fairness_summary(fr: &Fairness) -> String {
+    format!(
+        "- Fairness: while vectorizer A backfills {} rows ({:.0} rows/s), a lone insert into vectorizer B gets its vector in P50 {} ms / P99 {} ms, against {} / {} ms alone ({} ms at P99; target within {:.0} ms: {}).",
+        fr.backfill_rows,
+        fr.backfill.rows_per_s,
+        f(fr.loaded.db_ms.p50, 1),
+        f(fr.loaded.db_ms.p99, 1),
+        f(fr.idle.db_ms.p50, 1),
+        f(fr.idle.db_ms.p99, 1),
+        fr.p99_diff_ms.map(|d| format!("{d:+.1}")).unwrap_or_else(|| "-".into()),
+        fr.target_ms,
+        match fr.met {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "n/a",
+        }
+    )
+}
+
+fn targets_section(o: &mut String, targets: &[Target]) {
     let _ = writeln!(o, "\nTargets");
-    for t in &r.targets {
+    for t in targets {
         let mark = match t.met {
             Some(true) => "met   ",
             Some(false) => "MISSED",
@@ -607,5 +766,12 @@ pub fn table(r: &Results) -> String {
             t.unit
         );
     }
-    o
+}
+
+/// Lines ready to paste into the README's Performance section.
+fn summary_section(o: &mut String, lines: &[String]) {
+    let _ = writeln!(o, "\nSummary (README-ready)");
+    for l in lines {
+        let _ = writeln!(o, "{l}");
+    }
 }
