@@ -80,11 +80,13 @@ fn claim_sql(table: &Table, pick: &str) -> String {
     let attempts = "coalesce(r.retry_count, 0)";
     let exhausted = format!("({expired} AND {attempts} + 1 >= $4::int4)");
     let due = RowState::due_predicate();
+    let served = table.served_sql();
     format!(
         "WITH picked AS (
             SELECT id FROM {t}
              WHERE {due}
                AND NOT (id = ANY($6::text[]))
+               AND {served}
                {pick}
              FOR UPDATE SKIP LOCKED
          ), taken AS (

@@ -95,7 +95,11 @@ fn complete_sql(table: &Table) -> String {
                        last_error = NULL,
                        embedded_at = clock_timestamp(),
                        embedding_model = $5";
-    let guard = "r.id = v.id AND r.content_version = v.version AND r.claimed_by = $4";
+    // A vectorizer moved to another model meanwhile takes no vector of this one.
+    let guard = format!(
+        "r.id = v.id AND r.content_version = v.version AND r.claimed_by = $4 AND {}",
+        table.served_sql()
+    );
     let latency = "extract(epoch FROM clock_timestamp() - r.queued_at)::float8 AS latency";
     match table.target() {
         Target::InPlace => format!(
