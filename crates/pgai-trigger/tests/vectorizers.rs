@@ -152,7 +152,7 @@ async fn assert_current(db: &Client, name: &str) -> usize {
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
-    let queued: HashMap<String, (bool, Option<String>, Option<String>, Option<String>, Option<String>)> = db
+    let queued: HashMap<String, QueueRow> = db
         .query(
             &format!(
                 "SELECT {}, needs_embedding, retry_status, embedded_at::text, embedding_model, text_hash FROM {queue} q",
@@ -236,6 +236,15 @@ async fn assert_current(db: &Client, name: &str) -> usize {
     }
     n
 }
+
+/// needs_embedding, retry_status, embedded_at, embedding_model, text_hash of a queue row.
+type QueueRow = (
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// Deterministic prose: `words` words picked from a small vocabulary by `seed`.
 fn prose(seed: u64, words: usize) -> String {
