@@ -719,32 +719,44 @@ async fn concurrent_updates_never_leave_mixed_or_stale_chunks() {
     .expect("create");
     let daemon = start_daemon(&url).await;
     const WRITERS: u64 = 3;
-    const UPDATES: u64 = 150;
+    // The writers go on until the daemon has written (or seen superseded) many batches, so
+    // updates land between claims and write-backs again and again.
+    const BATCHES: u64 = 40;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let url = url.clone();
+        let (url, stop) = (url.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let db = connect(&url).await;
-            for i in 0..UPDATES {
-                let seed = w * 10_000 + i;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let seed = w * 1_000_000 + i;
                 // Texts of 1 to ~8 chunks, so a mix of two versions shows.
                 let body = prose(seed, 3 + (seed as usize * 7) % 90);
                 let id = ((i + w) % 4 + 1) as i32;
                 db.execute("UPDATE hot SET body = $1 WHERE id = $2", &[&body, &id])
                     .await
                     .unwrap();
+                i += 1;
             }
+            i
         }));
     }
+    wait_for(&format!("{BATCHES} batches"), DEADLINE, || async {
+        (daemon.monitor().snapshot().batches >= BATCHES).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut updates = 0;
     for task in tasks {
-        task.await.unwrap();
+        updates += task.await.unwrap();
     }
     assert_eq!(wait_vectorizer_drained(&db, "hot").await, (4, 0));
     let chunks = assert_current(&db, "hot").await;
     assert_eq!(assert_chunks_match_model(&db, "hot_chunks").await, chunks);
     let s = daemon.monitor().snapshot();
     eprintln!(
-        "concurrent updates: {:?}, {} rows written, {} superseded, {} batches",
+        "concurrent updates: {:?}, {updates} updates, {} rows written, {} superseded, {} batches",
         t.elapsed(),
         s.processed,
         s.superseded,
