@@ -54,6 +54,9 @@ pub struct Claimer {
     owner: String,
     /// Ids left out of every claim (rows that cannot be claimed; see [`Claim::refused`]).
     excluded: Vec<String>,
+    /// A vectorizer queue's second read of the claimed rows (text and version from one
+    /// snapshot); none for the original table, whose text is on the locked row itself.
+    reread: Option<Statement>,
 }
 
 /// Claim tokens are `owner:N` with N unique in the process, so a token is never reused across
@@ -80,11 +83,13 @@ fn claim_sql(table: &Table, pick: &str) -> String {
     let attempts = "coalesce(r.retry_count, 0)";
     let exhausted = format!("({expired} AND {attempts} + 1 >= $4::int4)");
     let due = RowState::due_predicate();
+    let served = table.served_sql();
     format!(
         "WITH picked AS (
             SELECT id FROM {t}
              WHERE {due}
                AND NOT (id = ANY($6::text[]))
+               AND {served}
                {pick}
              FOR UPDATE SKIP LOCKED
          ), taken AS (
@@ -119,6 +124,18 @@ impl Claimer {
         let hinted_candidates = format!(
             "SELECT id FROM {t} WHERE {due} AND NOT (id = ANY($3::text[])) AND id = ANY($2::text[]) LIMIT $1"
         );
+        let reread = if table.in_place() {
+            None
+        } else {
+            let content = table.content_sql();
+            let sql = format!(
+                "SELECT id, content, content_version, md5(content) FROM (
+                    SELECT r.id, {content} AS content, r.content_version
+                      FROM {t} AS r WHERE r.id = ANY($1::text[]) AND r.claimed_by = $2::text
+                 ) x"
+            );
+            Some(client.prepare(&sql).await?)
+        };
         let oldest_candidates = format!(
             "SELECT id FROM {t} WHERE {due} AND NOT (id = ANY($3::text[])) AND $2::text[] IS NOT NULL
               ORDER BY queued_at LIMIT $1"
@@ -130,6 +147,7 @@ impl Claimer {
             oldest_candidates: client.prepare(&oldest_candidates).await?,
             owner: owner.to_string(),
             excluded: Vec::new(),
+            reread,
         })
     }
 
@@ -233,7 +251,7 @@ impl Claimer {
         p: &Params<'_>,
         ids: &[String],
     ) -> Result<Vec<ClaimedRow>> {
-        Ok(client
+        let rows = client
             .query(
                 stmt,
                 &[
@@ -245,6 +263,30 @@ impl Claimer {
                     &p.excluded,
                 ],
             )
+            .await?
+            .into_iter()
+            .map(|r| ClaimedRow {
+                id: r.get(0),
+                content: r.get(1),
+                version: r.get(2),
+                hash: r.get(3),
+            })
+            .collect::<Vec<_>>();
+        let Some(reread) = &self.reread else {
+            return Ok(rows);
+        };
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        // A vectorizer's text lives in the source table. The claim statement read it with its
+        // snapshot, but a row updated by a transaction that committed during the statement is
+        // locked in its NEW version (newer content_version) while the source subquery still
+        // sees the OLD text: that pair would be written as current. A fresh statement sees the
+        // source update and the queue bump of that transaction together, or neither; a row a
+        // later update has voided meanwhile (claim cleared) is simply not ours any more.
+        let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+        Ok(client
+            .query(reread, &[&ids, &p.token])
             .await?
             .into_iter()
             .map(|r| ClaimedRow {

@@ -62,6 +62,11 @@ pub struct Table {
     target: Target,
     /// Word pieces per chunk and overlap, when the text is chunked.
     chunking: Option<(usize, usize)>,
+    /// SQL, true while the catalog still gives this queue the model it was built for (`TRUE`
+    /// for the original table): claims and write-backs check it, so a worker that has not
+    /// yet seen an `alter_vectorizer` neither takes the re-queued rows nor writes its model's
+    /// vectors over them.
+    served: String,
 }
 
 /// Where a queue's vectors are written.
@@ -98,6 +103,7 @@ impl Table {
             channel: CHANNEL_NEEDED.into(),
             target: Target::InPlace,
             chunking: None,
+            served: "TRUE".into(),
         })
     }
 
@@ -152,6 +158,11 @@ impl Table {
             channel: v.channel.clone(),
             target,
             chunking,
+            served: format!(
+                "EXISTS (SELECT 1 FROM pgai.vectorizers AS m WHERE m.name = {} AND m.model = {})",
+                sql_literal(&v.name),
+                sql_literal(&v.model)
+            ),
         })
     }
 
@@ -189,6 +200,10 @@ impl Table {
     }
     pub(crate) fn target(&self) -> &Target {
         &self.target
+    }
+    /// True while the catalog gives this queue its model (see the field).
+    pub(crate) fn served_sql(&self) -> &str {
+        &self.served
     }
     /// A derived object name (index, trigger, function) of the original table, quoted.
     pub(crate) fn derived(&self, suffix: &str) -> String {
@@ -234,6 +249,11 @@ pub fn validate_identifier(name: &str) -> Result<()> {
 /// assert_eq!(pgai_trigger::quote_ident("m0_episodic"), "\"m0_episodic\"");
 /// assert_eq!(pgai_trigger::quote_ident("a\"b"), "\"a\"\"b\"");
 /// ```
+/// A SQL string literal.
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -95,7 +95,11 @@ fn complete_sql(table: &Table) -> String {
                        last_error = NULL,
                        embedded_at = clock_timestamp(),
                        embedding_model = $5";
-    let guard = "r.id = v.id AND r.content_version = v.version AND r.claimed_by = $4";
+    // A vectorizer moved to another model meanwhile takes no vector of this one.
+    let guard = format!(
+        "r.id = v.id AND r.content_version = v.version AND r.claimed_by = $4 AND {}",
+        table.served_sql()
+    );
     let latency = "extract(epoch FROM clock_timestamp() - r.queued_at)::float8 AS latency";
     match table.target() {
         Target::InPlace => format!(
@@ -136,6 +140,8 @@ fn complete_sql(table: &Table) -> String {
             keys,
             queue_keys,
         } => {
+            // The chunks of a row take its queue row's `embedded_at`: one write, one time (a
+            // per-chunk clock_timestamp() would differ by microseconds between chunks).
             let keys = keys.join(", ");
             let queue_keys = queue_keys.join(", ");
             format!(
@@ -151,7 +157,7 @@ fn complete_sql(table: &Table) -> String {
                     DELETE FROM {chunks} AS c USING done WHERE ({keys_c}) = ({queue_keys})
                  ), new AS (
                     INSERT INTO {chunks} ({keys}, chunk_seq, chunk, embedding, embedding_model, embedded_at)
-                    SELECT {queue_keys}, x.seq, x.chunk, x.embedding, $5, clock_timestamp()
+                    SELECT {queue_keys}, x.seq, x.chunk, x.embedding, $5, done.embedded_at
                       FROM done
                       JOIN unnest($6::text[], $7::int4[], $8::text[], $9::vector[]) AS x(id, seq, chunk, embedding)
                         ON x.id = done.id
