@@ -1,6 +1,6 @@
 //! The core fault scenarios on a chunked vectorizer over a user's table
 //! (`documents(id bigint identity, title, body)`, template `{title}\n\n{body}`, 64-piece chunks
-//! with an overlap of 8, about seven chunks a row): the vectorizer's queue `pgai.docs_queue` and
+//! with an overlap of 8, three or four chunks a row): the vectorizer's queue `pgai.docs_queue` and
 //! chunk table `docs_chunks` go through the same claim, lease and write-back code as the
 //! original table, so the same guarantees must hold there.
 //!
@@ -35,8 +35,8 @@ const CHUNKS: &str = "docs_chunks";
 const CHUNK_TOKENS: usize = 64;
 const CHUNK_OVERLAP: usize = 8;
 
-/// The user's table, a long-text generator (about 24 sentences, 350 word pieces: several
-/// chunks a row), the vectorizer, and test-only audit triggers on its queue and chunk table.
+/// The user's table, a long-text generator (12 sentences, about 180 word pieces: three or
+/// four chunks a row), the vectorizer, and test-only audit triggers on its queue and chunk table.
 /// The audit functions are SECURITY DEFINER so a least-privileged daemon fires them too.
 const SETUP_SQL: &str = r#"
 CREATE TABLE documents (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, body text);
@@ -46,7 +46,7 @@ CREATE FUNCTION vz_body(g bigint, salt text) RETURNS text LANGUAGE sql IMMUTABLE
                   (ARRAY['rivers','mountains','old cities','forests','harbours','deserts'])[1 + (g + k) % 6],
                   (ARRAY['the weather','a long journey','their history','the people there','trade'])[1 + (g * k) % 5]),
            CASE WHEN k % 7 = 0 THEN E'\n\n' ELSE ' ' END ORDER BY k)
-    FROM generate_series(1, 24) k
+    FROM generate_series(1, 12) k
 $$;
 SELECT pgai.create_vectorizer('docs', 'documents', template => E'{title}\n\n{body}',
                               chunk_tokens => 64, chunk_overlap => 8);
@@ -90,7 +90,7 @@ async fn vz_db(prefix: &str) -> (String, Client) {
 async fn insert_docs(db: &Client, n: i64, salt: &str) {
     db.execute(
         "INSERT INTO documents (title, body)
-         SELECT 'Document ' || $2 || ' ' || g, vz_body(g, $2) FROM generate_series(1, $1) g",
+         SELECT 'Document ' || $2 || ' ' || g, vz_body(g, $2) FROM generate_series(1::int8, $1::int8) g",
         &[&n, &salt],
     )
     .await
@@ -243,16 +243,19 @@ async fn vz_end_state(db: &Client) -> VzEnd {
     let mut stored: HashMap<String, Vec<(i32, String, Vec<f32>)>> = HashMap::new();
     for r in db
         .query(
-            &format!("SELECT id::text, chunk_seq, chunk, embedding FROM {CHUNKS} ORDER BY id, chunk_seq"),
+            &format!(
+                "SELECT id::text, chunk_seq, chunk, embedding FROM {CHUNKS} ORDER BY id, chunk_seq"
+            ),
             &[],
         )
         .await
         .expect("chunks")
     {
-        stored
-            .entry(r.get(0))
-            .or_default()
-            .push((r.get(1), r.get(2), r.get::<_, Vector>(3).to_vec()));
+        stored.entry(r.get(0)).or_default().push((
+            r.get(1),
+            r.get(2),
+            r.get::<_, Vector>(3).to_vec(),
+        ));
     }
     let mut end = VzEnd {
         st: EndState {
@@ -489,13 +492,13 @@ async fn wait_settled(db: &Client, ids: &[String]) -> Instant {
 async fn vz1_sigkill_mid_batch_then_restart() {
     let (url, db) = vz_db("sigkill").await;
     let dir = TestDir::new("vz-sigkill");
-    insert_docs(&db, 60, "before").await;
+    insert_docs(&db, 30, "before").await;
     let args = ["--lease-secs", "3", "--batch-size", "8"];
     let mut first = Child::spawn(&url, &args, dir.path(), "first");
     wait_vz_claims(&db, &first).await;
-    let stream = DocStream::start(&url, Duration::from_millis(40), 5);
-    wait_for("16 completions", DEADLINE, || async {
-        (count(&db, "SELECT count(*) FROM vz_writes").await >= 16).then_some(())
+    let stream = DocStream::start(&url, Duration::from_millis(150), 4);
+    wait_for("8 completions", DEADLINE, || async {
+        (count(&db, "SELECT count(*) FROM vz_writes").await >= 8).then_some(())
     })
     .await;
     let killed = Instant::now();
@@ -523,7 +526,7 @@ async fn vz1_sigkill_mid_batch_then_restart() {
         "V1 vectorizer: SIGKILL mid-batch, restart",
         Some(recovered - killed),
         &format!(
-            "60 + {inserts} docs, {updates} rewrites; {} orphaned, retry_count after take-over {attempts:?}",
+            "30 + {inserts} docs, {updates} rewrites; {} orphaned, retry_count after take-over {attempts:?}",
             orphaned.len()
         ),
     );
@@ -543,24 +546,24 @@ async fn vz2_three_daemons_share_the_work() {
     let dir = TestDir::new("vz-three");
     let args = [
         "--lease-secs",
-        "5",
+        "10",
         "--batch-size",
         "4",
         "--poll-interval-ms",
         "300",
     ];
+    let t = Instant::now();
+    insert_docs(&db, 40, "bulk").await;
     let daemons: Vec<Child> = (0..3)
         .map(|i| Child::spawn(&url, &args, dir.path(), &format!("d{i}")))
         .collect();
+    let stream = DocStream::start(&url, Duration::from_millis(100), 3);
     for d in &daemons {
         wait_vz_claims(&db, d).await;
     }
-    let t = Instant::now();
-    let stream = DocStream::start(&url, Duration::from_millis(15), 4);
-    insert_docs(&db, 80, "bulk").await;
     // Clients write for a while, then stop; the daemons finish.
-    wait_for("100 completions", DEADLINE, || async {
-        (count(&db, "SELECT count(*) FROM vz_writes").await >= 100).then_some(())
+    wait_for("40 completions", DEADLINE, || async {
+        (count(&db, "SELECT count(*) FROM vz_writes").await >= 40).then_some(())
     })
     .await;
     let (inserts, updates) = stream.finish().await;
@@ -591,7 +594,7 @@ async fn vz2_three_daemons_share_the_work() {
         "V2 vectorizer: three daemons share the work",
         Some(took),
         &format!(
-            "80 + {inserts} docs, {updates} rewrites; completions per daemon {per_daemon:?}; {} completions",
+            "40 + {inserts} docs, {updates} rewrites; completions per daemon {per_daemon:?}; {} completions",
             end.st.writes
         ),
     );
@@ -605,30 +608,30 @@ async fn vz2_three_daemons_share_the_work() {
 }
 
 /// V3: catch-up after downtime. A daemon embeds some documents and stops; while none runs,
-/// documents are inserted, rewritten (their old chunks must go) and deleted (theirs too), and
-/// a second vectorizer-wide backfill case: rows that existed before. A new daemon catches up.
+/// documents are inserted, rewritten (their old chunks go at once) and deleted (theirs too),
+/// and one is updated to the same text (not queued again). A new daemon catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vz3_catch_up_after_downtime() {
     let (url, db) = vz_db("catchup").await;
     let dir = TestDir::new("vz-catchup");
-    insert_docs(&db, 20, "first").await;
+    insert_docs(&db, 10, "first").await;
     let mut first = Child::spawn(&url, &[], dir.path(), "first");
     vz_drained(&db, DEADLINE).await;
     let status = first.terminate_gracefully(Duration::from_secs(15));
     assert!(status.success(), "{status}:\n{}", first.log_tail());
-    // Downtime: 120 new documents, 5 rewritten, 3 deleted, one title changed to the same value.
-    insert_docs(&db, 120, "downtime").await;
+    // Downtime: 40 new documents, 3 rewritten, 2 deleted, one title set to the same value.
+    insert_docs(&db, 40, "downtime").await;
     db.batch_execute(
-        "UPDATE documents SET body = vz_body(id, 'rewritten while down') WHERE id IN (1, 2, 3, 4, 5);
-         DELETE FROM documents WHERE id IN (6, 7, 8);
-         UPDATE documents SET title = title WHERE id = 9;",
+        "UPDATE documents SET body = vz_body(id, 'rewritten while down') WHERE id IN (1, 2, 3);
+         DELETE FROM documents WHERE id IN (4, 5);
+         UPDATE documents SET title = title WHERE id = 6;",
     )
     .await
     .unwrap();
     let waiting = queued(&db).await;
     let stale = count(
         &db,
-        &format!("SELECT count(*) FROM {CHUNKS} WHERE id BETWEEN 1 AND 8"),
+        &format!("SELECT count(*) FROM {CHUNKS} WHERE id BETWEEN 1 AND 5"),
     )
     .await;
     let second = Child::spawn(&url, &[], dir.path(), "second");
@@ -642,9 +645,15 @@ async fn vz3_catch_up_after_downtime() {
         &format!("{waiting} rows waiting at start (incl. model load)"),
     );
     end.assert_clean(&[]);
-    assert_eq!(waiting, 125, "120 inserted + 5 rewritten; an unchanged text is not re-queued");
-    assert_eq!(stale, 0, "rewritten and deleted rows lose their chunks at once");
-    assert_eq!(end.st.rows, 137);
+    assert_eq!(
+        waiting, 43,
+        "40 inserted + 3 rewritten; an unchanged text is not re-queued"
+    );
+    assert_eq!(
+        stale, 0,
+        "rewritten and deleted rows lose their chunks at once"
+    );
+    assert_eq!(end.st.rows, 48);
     drop(second);
 }
 
@@ -755,11 +764,11 @@ async fn vz5_provider_down_keeps_attempts() {
     let (url, db) = vz_db("provider_down").await;
     let (service, hooks) = faulty_model().await;
     hooks.always_fail.store(true, SeqCst);
-    // Per-row backoff alone would fail all 30 rows within about a second.
+    // Per-row backoff alone would fail all 20 rows within about a second.
     let daemon = Daemon::start(quick_retries(&url, 3, 50), service)
         .await
         .expect("daemon start");
-    insert_docs(&db, 30, "outage").await;
+    insert_docs(&db, 20, "outage").await;
     // An observation window, not a synchronisation: how much does 4 s of outage cost?
     tokio::time::sleep(Duration::from_secs(4)).await;
     let burned = count(
@@ -796,12 +805,12 @@ async fn vz5_provider_down_keeps_attempts() {
     end.assert_clean(&ids);
     assert!(
         failed_during.len() <= 1,
-        "an outage failed {} of 30 rows for good",
+        "an outage failed {} of 20 rows for good",
         failed_during.len()
     );
     assert!(
         burned <= 6,
-        "an outage of 4 s burned {burned} attempts (per-row backoff alone: 90)"
+        "an outage of 4 s burned {burned} attempts (per-row backoff alone: 60)"
     );
 }
 
@@ -848,7 +857,7 @@ async fn vz6_least_privilege_daemon_role() {
         .await
         .expect("daemon as the least-privileged role");
     let t = Instant::now();
-    insert_docs(&db, 20, "least").await;
+    insert_docs(&db, 10, "least").await;
     vz_drained(&db, DEADLINE).await;
     db.batch_execute(
         "UPDATE documents SET body = vz_body(id, 'rewritten') WHERE id IN (1, 2);
@@ -868,6 +877,6 @@ async fn vz6_least_privilege_daemon_role() {
         &format!("grants: {}", LEAST_GRANTS.join("; ")),
     );
     end.assert_clean(&[]);
-    assert_eq!(end.st.rows, 20);
+    assert_eq!(end.st.rows, 10);
     assert!(errors.is_none(), "the daemon recorded an error: {errors:?}");
 }
