@@ -210,6 +210,9 @@ impl VzEnd {
     }
 }
 
+/// A stored chunk: (chunk_seq, chunk, embedding).
+type StoredChunk = (i32, String, Vec<f32>);
+
 fn chunker() -> &'static pgai_embed::Chunker {
     static CHUNKER: OnceLock<pgai_embed::Chunker> = OnceLock::new();
     CHUNKER.get_or_init(|| {
@@ -240,7 +243,7 @@ async fn vz_end_state(db: &Client) -> VzEnd {
         )
         .await
         .expect("queue rows");
-    let mut stored: HashMap<String, Vec<(i32, String, Vec<f32>)>> = HashMap::new();
+    let mut stored: HashMap<String, Vec<StoredChunk>> = HashMap::new();
     for r in db
         .query(
             &format!(
@@ -268,7 +271,7 @@ async fn vz_end_state(db: &Client) -> VzEnd {
         ..VzEnd::default()
     };
     let opts = pgai_embed::ChunkOptions::new(CHUNK_TOKENS, CHUNK_OVERLAP).expect("options");
-    let mut done: Vec<(String, Vec<(i32, String, Vec<f32>)>)> = Vec::new();
+    let mut done: Vec<(String, Vec<StoredChunk>)> = Vec::new();
     for r in &rows {
         let id: String = r.get(0);
         let status: Option<String> = r.get(1);
