@@ -22,6 +22,8 @@
 //! - `proxy`       — silently dead (black-holed) connections, through a TCP proxy.
 //! - `load`        — 20,000-row burst with single inserts arriving (10).
 //! - `poison`      — rows of every hostile kind among normal rows: each costs only itself.
+//! - `vectorizer`  — the core scenarios on a chunked vectorizer over a user table (V1–V6):
+//!   SIGKILL, three daemons, catch-up, failed rows, provider down, least privilege.
 
 #[path = "faults/support.rs"]
 mod support;
@@ -49,3 +51,6 @@ mod load;
 
 #[path = "faults/poison.rs"]
 mod poison;
+
+#[path = "faults/vectorizer.rs"]
+mod vectorizer;

@@ -53,12 +53,51 @@ pub fn ddl() -> String {
 
 /// Registers (or updates the model and dimensions of) the daemon's configured table as the
 /// `in_place` vectorizer of the same name. The catalog must exist (`db init`).
+///
+/// A least-privileged daemon role may only read the catalog, or not see it at all: when the
+/// catalog row already says what this daemon would write, nothing is written (the function's
+/// `INSERT … ON CONFLICT` needs INSERT and UPDATE on the catalog even when it changes nothing),
+/// and a role without access to the catalog still serves its table (`db init` registered it).
 pub async fn register_in_place(
     client: &Client,
     table: &Table,
     model: &str,
     dim: usize,
 ) -> Result<()> {
+    let not_installed = || {
+        Error::Schema(
+            "the vectorizer catalog is not installed in this database: run `pgai-trigger db init`"
+                .into(),
+        )
+    };
+    let current = client
+        .query_opt(
+            "SELECT v.model = $2 AND v.dimensions = $3 AND v.destination = 'in_place'
+                    AND v.source_schema IS NOT DISTINCT FROM
+                        (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = to_regclass(quote_ident($1)))
+               FROM pgai.vectorizers v WHERE v.name = $1",
+            &[&table.name(), &model, &(dim as i32)],
+        )
+        .await;
+    match current {
+        Ok(Some(row)) if row.get::<_, Option<bool>>(0) == Some(true) => return Ok(()),
+        Ok(_) => {}
+        Err(e) => match e.as_db_error().map(|d| d.code().code()) {
+            // 3F000 invalid_schema_name / 42P01 undefined_table: a database from before
+            // vectorizers.
+            Some("3F000") | Some("42P01") => return Err(not_installed()),
+            // 42501 insufficient_privilege: the role has only the table's rights.
+            Some("42501") => {
+                tracing::warn!(
+                    error = %crate::error::db_message(&e),
+                    "the daemon's role cannot read the vectorizer catalog: serving its table only"
+                );
+                return Ok(());
+            }
+            _ => return Err(Error::Db(e)),
+        },
+    }
     client
         .execute(
             "SELECT pgai.register_in_place($1, $2, $3)",
@@ -66,12 +105,15 @@ pub async fn register_in_place(
         )
         .await
         .map_err(|e| match e.as_db_error().map(|d| d.code().code()) {
-            // 3F000 invalid_schema_name / 42883 undefined_function: a database from before
-            // vectorizers.
-            Some("3F000") | Some("42883") => Error::Schema(
-                "the vectorizer catalog is not installed in this database: run `pgai-trigger db init`"
-                    .into(),
-            ),
+            // 42883 undefined_function: a database from before vectorizers.
+            Some("3F000") | Some("42883") => not_installed(),
+            Some("42501") => Error::Schema(format!(
+                "the catalog row of {0} does not name this daemon's model {model} ({dim} \
+                 dimensions) and the daemon's role may not update it: have the owner run \
+                 SELECT pgai.register_in_place('{0}', '{model}', {dim}) ({1})",
+                table.name(),
+                crate::error::db_message(&e)
+            )),
             _ => Error::Db(e),
         })?;
     Ok(())
