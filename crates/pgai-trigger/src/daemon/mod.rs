@@ -158,30 +158,13 @@ impl Daemon {
 }
 
 /// Makes sure the configured table is in the vectorizer catalog with this daemon's model (`db
-/// init` registered it with the default model). A role without the right to write the catalog
-/// (a daemon running with least privilege) or a database from before vectorizers still serves
-/// the table: the catalog only lists it.
+/// init` registered it with the default model; nothing is written when it is right already). A
+/// database from before vectorizers still serves the table, with a warning to run `db init`.
 async fn register_table(
     client: &tokio_postgres::Client,
     table: &crate::queue::Table,
     embed: &EmbedService,
 ) -> Result<()> {
-    let registered = client
-        .query_opt(
-            "SELECT model, dimensions FROM pgai.vectorizers WHERE name = $1",
-            &[&table.name()],
-        )
-        .await;
-    let current = match registered {
-        Ok(row) => row.map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1))),
-        Err(e) => {
-            tracing::warn!(error = %crate::error::db_message(&e), "the vectorizer catalog cannot be read (run `pgai-trigger db init` to install it); serving the table alone");
-            return Ok(());
-        }
-    };
-    if current == Some((embed.model_name().to_string(), embed.dim() as i32)) {
-        return Ok(());
-    }
     match crate::vectorizer::catalog::register_in_place(
         client,
         table,
@@ -190,11 +173,11 @@ async fn register_table(
     )
     .await
     {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, table = table.name(), "cannot record the table's model in the vectorizer catalog");
+        Err(crate::Error::Schema(m)) if m.contains("not installed") => {
+            tracing::warn!("{m}; serving the table alone");
             Ok(())
         }
+        other => other,
     }
 }
 
