@@ -672,7 +672,9 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION pgai.drop_vectorizer(name text, keep_embeddings boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    -- "trigger … does not exist, skipping": noise about what a drop found already gone.
+    SET client_min_messages = warning AS $fn$
 #variable_conflict use_column
 DECLARE
     v_name text := $1;
