@@ -3,31 +3,38 @@
 //! A row trigger sends `pg_notify('embedding_needed', id)`; the daemon listens, claims pending
 //! rows with a lease, embeds their text with all-MiniLM-L6-v2 on its own thread, and writes the
 //! vector back only if the row did not change meanwhile. The table itself is the queue: a
-//! notification is a hint, never the source of truth.
+//! notification is a hint, never the source of truth. Vectorizers extend this to any user table
+//! (its key, a template over several columns, chunks), declared in the database's catalog.
 //!
 //! # Layout
 //!
 //! The folders follow a row from INSERT to vector:
 //!
 //! 1. `queue/schema`     — the table, its indexes, the requeue and notify triggers
-//!    (`db init` / `db recreate` / `db status`, and the daemon's start-up check).
+//!    (`db init` / `db recreate` / `db status`, and the daemon's start-up check);
+//!    `vectorizer/catalog` — the same for vectorizers: the catalog, its PL/pgSQL functions and
+//!    each vectorizer's capture triggers and queue table.
 //! 2. `daemon/listener`  — a dedicated LISTEN connection: wake-ups, the newest ids as claim
 //!    hints, a self-probe that must come back; its health reaches the worker with the wake-up.
 //! 3. `queue/claim`      — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token;
 //!    take-over of an expired claim counts an attempt. `queue/lease` renews and gives back.
-//! 4. `daemon/model`     — the model on its own OS thread behind a bounded channel, cut into
-//!    calls by a token budget (the model itself is the `pgai-embed` crate).
-//! 5. `queue/writeback`  — the guarded write of vectors (id + claim token + content version),
-//!    failed attempts with backoff.
+//! 4. `daemon/model`     — the model on its own OS thread behind bounded lanes (fresh rows
+//!    first), cut into calls by a token budget (the model and the chunker are the `pgai-embed`
+//!    crate).
+//! 5. `queue/writeback`  — the guarded write (id + claim token + content version) of a vector,
+//!    a source column or a row's chunks; failed attempts with backoff.
 //! 6. `monitor`          — counters, gauges, the latency histogram, Prometheus text.
 //!
-//! `daemon/worker` runs 3 → 4 → 5 as one pipelined worker, backed off a failing provider by
-//! `daemon/breaker`; `daemon` starts and stops listener and worker together. `queue/state` is the
+//! Every statement of 3 and 5 is built from one [`Table`]: the original table and every
+//! vectorizer's queue alike. `daemon/worker` runs 3 → 4 → 5 as one pipelined worker per queue,
+//! backed off a failing provider by `daemon/breaker`; `daemon/fleet` keeps a worker per
+//! vectorizer of the catalog; `daemon` starts and stops them with the listener. `queue/state` is the
 //! one definition of pending / processing / completed / failed / not queued that every count
 //! uses. `pg` is the PostgreSQL plumbing (connections, deadlines, the store's pool, the one
 //! notification stream [`Notifications`]). Around the flow: `store` is the library API (add /
-//! get / search / delete, stats, health), [`http`] serves it, `config` holds the settings (file,
-//! environment, defaults) and the validated [`Config`].
+//! get / search / delete, stats, health), [`vectorizer`] declares, lists and searches
+//! vectorizers, [`http`] serves both, `config` holds the settings (file, environment, defaults)
+//! and the validated [`Config`].
 //!
 //! The command line, the bench, the embedded cluster and the test kit are other crates of the
 //! workspace (`crates/cli`, `crates/cluster`, `crates/testkit`).
