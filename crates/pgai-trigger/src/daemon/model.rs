@@ -300,9 +300,7 @@ impl Stepper {
     fn step(&mut self, model: &mut dyn Embedder) -> bool {
         let Some(group) = self.groups.next() else {
             let out = std::mem::take(&mut self.out);
-            let (reply, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut self.job.reply, reply);
-            let _ = reply.send(Ok((out, self.took)));
+            self.reply(Ok((out, self.took)));
             return false;
         };
         if group.is_empty() {
@@ -320,12 +318,16 @@ impl Stepper {
                 true
             }
             Err(e) => {
-                let (reply, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut self.job.reply, reply);
-                let _ = reply.send(Err(e));
+                self.reply(Err(e));
                 false
             }
         }
+    }
+
+    /// Sends the batch's result (once: the job's sender is swapped for a dead one).
+    fn reply(&mut self, result: EmbedResult) {
+        let (dead, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self.job.reply, dead).send(result);
     }
 }
 

@@ -264,13 +264,8 @@ impl Claimer {
                 ],
             )
             .await?
-            .into_iter()
-            .map(|r| ClaimedRow {
-                id: r.get(0),
-                content: r.get(1),
-                version: r.get(2),
-                hash: r.get(3),
-            })
+            .iter()
+            .map(ClaimedRow::from_row)
             .collect::<Vec<_>>();
         let Some(reread) = &self.reread else {
             return Ok(rows);
@@ -288,14 +283,21 @@ impl Claimer {
         Ok(client
             .query(reread, &[&ids, &p.token])
             .await?
-            .into_iter()
-            .map(|r| ClaimedRow {
-                id: r.get(0),
-                content: r.get(1),
-                version: r.get(2),
-                hash: r.get(3),
-            })
+            .iter()
+            .map(ClaimedRow::from_row)
             .collect())
+    }
+}
+
+impl ClaimedRow {
+    /// A row of a claim statement: id, content, content version, hash.
+    fn from_row(r: &tokio_postgres::Row) -> ClaimedRow {
+        ClaimedRow {
+            id: r.get(0),
+            content: r.get(1),
+            version: r.get(2),
+            hash: r.get(3),
+        }
     }
 }
 
