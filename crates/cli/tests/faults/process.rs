@@ -41,6 +41,9 @@ async fn kill_mid_batch(db: &Client, child: &mut Child) -> Vec<String> {
         })
         .await;
         child.stop_signal();
+        // Statements the daemon sent before it stopped still run (a write-back completes the
+        // rows it holds): let them finish, so the claims seen next are the ones the kill orphans.
+        tokio::time::sleep(SETTLE).await;
         if !claimed_by(db, child).await.is_empty() {
             kill_and_wait_gone(db, child).await;
             return claimed_by(db, child).await;

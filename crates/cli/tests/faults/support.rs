@@ -21,6 +21,8 @@ pub use pgai_testkit::{wait_drained, wait_drained_except};
 
 /// Longest any single wait may take before the scenario fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a stopped (SIGSTOP) daemon's already-sent statements get to finish on the server.
+pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// The unmodified model, shared by the whole test process: daemons that need no hooks, and the
 /// end assertion's expected vectors.

@@ -452,6 +452,9 @@ async fn kill_mid_batch(db: &Client, child: &mut Child) -> Vec<String> {
         })
         .await;
         child.stop_signal();
+        // Statements the daemon sent before it stopped still run (a write-back completes the
+        // rows it holds): let them finish, so the claims seen next are the ones the kill orphans.
+        tokio::time::sleep(SETTLE).await;
         if !claimed_by(db, child).await.is_empty() {
             child.kill9();
             wait_for("the killed daemon's sessions to end", DEADLINE, || async {
