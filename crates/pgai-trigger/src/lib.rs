@@ -92,7 +92,7 @@ pub use queue::{
     LEASE_EXPIRED_ERROR,
 };
 pub use store::{
-    Check, Health, HealthStatus, Item, Latency, Mode, NewItem, ProcessingStats, Queue, SearchHit,
+    Check, FailedRow, Health, HealthStatus, Item, Latency, Mode, NewItem, ProcessingStats, Queue, SearchHit,
     Store, StoreError, StoreFactory, StoreResult,
 };
 
