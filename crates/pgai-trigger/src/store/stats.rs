@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{Check, FailedRow, Health, HealthStatus, Latency, ProcessingStats, Queue, Store, StoreResult};
+use super::{
+    Check, FailedRow, Health, HealthStatus, Latency, ProcessingStats, Queue, Store, StoreResult,
+};
 use crate::config::settings::ProviderKind;
 use crate::queue::{schema, QueueCounts, RowState, CHANNEL_NEEDED};
 
