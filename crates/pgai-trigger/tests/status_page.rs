@@ -3,6 +3,7 @@
 //! the real cluster and model. The page must load without script errors, follow inserts
 //! without a reload (counts and chart), list a failed row with its reason and re-queue it,
 //! search, and with a token show only the login prompt until the token is given.
+//! `PGAI_UPDATE_SCREENSHOT=1` refreshes docs/status-page.png.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -341,8 +342,16 @@ async fn status_page_in_chromium() {
     )
     .await;
     let png = c.screenshot().await.unwrap();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status-page.png");
+    // Always beside the build; into docs/ (committed) only when asked, so a test run leaves
+    // the worktree clean.
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     std::fs::write(&out, &png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+    if std::env::var_os("PGAI_UPDATE_SCREENSHOT").is_some() {
+        let docs =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status-page.png");
+        std::fs::write(&docs, &png).unwrap();
+    }
 
     // Phone width: the table turns into cards.
     c.set_window_size(390, 844).await.unwrap();
