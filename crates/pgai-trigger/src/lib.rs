@@ -92,8 +92,8 @@ pub use queue::{
     LEASE_EXPIRED_ERROR,
 };
 pub use store::{
-    Check, Health, HealthStatus, Item, Latency, Mode, NewItem, ProcessingStats, Queue, SearchHit,
-    Store, StoreError, StoreFactory, StoreResult,
+    Check, FailedRow, Health, HealthStatus, Item, Latency, Mode, NewItem, ProcessingStats, Queue,
+    SearchHit, Store, StoreError, StoreFactory, StoreResult,
 };
 
 /// The schema: create, recreate and inspect the queue table (`db init`, `db recreate`,

@@ -1011,3 +1011,67 @@ async fn client_mistakes_are_4xx_never_database_errors() {
     );
     s.stop().await;
 }
+
+/// `GET /v1/failed` lists failed rows (id, last error, attempts), `POST /v1/failed/retry`
+/// re-queues them; both need the token, the status page's files do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_rows_listed_and_requeued() {
+    let s = Server::start("api_failed", Some("tok"), true).await;
+    let b = &s.base;
+    let tok = Some("tok");
+    let (st, _, _) = call(
+        "POST",
+        format!("{b}/v1/items?wait=true"),
+        tok,
+        Some(json!({"id": "f", "content": "fails"}).to_string()),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, body, _) = call("GET", format!("{b}/v1/failed"), tok, None).await;
+    assert_eq!((st, &body), (200, &json!({"failed": []})));
+
+    let (db, _t) = pgai_trigger::connect(&s.url, "api test").await.unwrap();
+    db.batch_execute(
+        "BEGIN;
+         UPDATE m0_episodic SET needs_embedding = TRUE WHERE id = 'f';
+         UPDATE m0_episodic SET retry_status = 'failed', retry_count = 3, last_error = 'boom' WHERE id = 'f';
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let (st, body, _) = call("GET", format!("{b}/v1/failed?limit=10"), tok, None).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"failed": [{"id": "f", "last_error": "boom", "retry_count": 3}]})
+    );
+    for bad in ["limit=0", "limit=1001", "limit=x", "other=1"] {
+        let (st, body, _) = call("GET", format!("{b}/v1/failed?{bad}"), tok, None).await;
+        assert_eq!(st, 400, "{bad}: {body}");
+        assert_error(&body, 400);
+    }
+    assert_eq!(
+        call("GET", format!("{b}/v1/failed"), None, None).await.0,
+        401
+    );
+    assert_eq!(
+        call("POST", format!("{b}/v1/failed/retry"), None, None)
+            .await
+            .0,
+        401
+    );
+    let (st, _, page) = call("GET", format!("{b}/"), None, None).await;
+    assert_eq!(st, 200);
+    assert!(page.contains("/assets/app.js"), "{page}");
+
+    let (st, body, _) = call("POST", format!("{b}/v1/failed/retry"), tok, None).await;
+    assert_eq!((st, &body), (200, &json!({"requeued": 1})));
+    wait_for("the re-queued row embedded", DEADLINE, || async {
+        let (_, body, _) = call("GET", format!("{b}/v1/items/f"), tok, None).await;
+        (body["status"] == "completed").then_some(())
+    })
+    .await;
+    let (_, body, _) = call("GET", format!("{b}/v1/failed"), tok, None).await;
+    assert_eq!(body, json!({"failed": []}));
+    s.stop().await;
+}

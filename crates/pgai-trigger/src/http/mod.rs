@@ -1,8 +1,10 @@
 //! The HTTP API: probes, Prometheus metrics, stats, items, search (of the table or of a
-//! vectorizer), vectorizers with their status, and an OpenAI-compatible embeddings endpoint.
+//! vectorizer), vectorizers with their status, failed rows and their retry, an
+//! OpenAI-compatible embeddings endpoint, and the status page (`GET /`, see `page`).
 //!
-//! `/healthz` and `/readyz` are always open (for probes); every other route requires
-//! `Authorization: Bearer <token>` (scheme in any case) when a token is configured. Without a
+//! `/healthz`, `/readyz` and the status page's files are always open (the page holds no
+//! data); every other route requires `Authorization: Bearer <token>` (scheme in any case) when
+//! a token is configured. Without a
 //! token, those routes check `Host` against DNS rebinding: `localhost`, a loopback IP, the IP
 //! the connection reached, or a name of [`Api::allowed_hosts`]; any other answers 421. Every
 //! error is a JSON body `{"error": {"message", "type", "code"}}` (OpenAI's shape, so its
@@ -32,8 +34,11 @@ use crate::error::one_line;
 use crate::queue::RowState;
 use crate::store::{NewItem, Store, StoreError};
 
+mod page;
 mod types;
 use types::*;
+
+pub use page::CSP;
 
 /// Request limits; see the module documentation.
 #[derive(Debug, Clone)]
@@ -134,6 +139,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/vectorizers", get(vectorizers))
         .route("/v1/vectorizers/{name}", get(vectorizer))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/failed", get(failed))
+        .route("/v1/failed/retry", post(retry_failed))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route(
@@ -146,6 +153,7 @@ pub fn router(api: Api) -> Router {
             }),
         )
         .route("/readyz", get(readyz))
+        .merge(page::routes())
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -594,6 +602,30 @@ async fn delete_item(
     } else {
         Err(StoreError::NotFound(id).into())
     }
+}
+
+/// Failed rows of the daemon's table: `?limit=N` (default 100, at most 1000).
+async fn failed(
+    State(s): State<AppState>,
+    q: Result<Query<FailedQuery>, QueryRejection>,
+) -> Result<Json<FailedList>, ApiError> {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    Ok(Json(FailedList {
+        failed: s.store.failed(limit).await?,
+    }))
+}
+
+/// `retry-failed`: every failed row of the daemon's table back to pending.
+async fn retry_failed(State(s): State<AppState>) -> Result<Json<Requeued>, ApiError> {
+    Ok(Json(Requeued {
+        requeued: s.store.retry_failed().await?,
+    }))
 }
 
 /// The daemon's table, or with `"vectorizer"` that vectorizer's chunks (`"filters"`: equality

@@ -129,3 +129,19 @@ pub struct ErrorDetail {
     pub kind: &'static str,
     pub code: u16,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedQuery {
+    pub limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct FailedList {
+    pub failed: Vec<crate::store::FailedRow>,
+}
+
+#[derive(Serialize)]
+pub struct Requeued {
+    pub requeued: u64,
+}

@@ -131,6 +131,14 @@ pub struct Item {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// A row marked failed (see [`Store::failed`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedRow {
+    pub id: String,
+    pub last_error: Option<String>,
+    pub retry_count: i32,
+}
+
 /// See [`Store::queue`].
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Queue {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{Check, Health, HealthStatus, Latency, ProcessingStats, Queue, Store, StoreResult};
+use super::{
+    Check, FailedRow, Health, HealthStatus, Latency, ProcessingStats, Queue, Store, StoreResult,
+};
 use crate::config::settings::ProviderKind;
 use crate::queue::{schema, QueueCounts, RowState, CHANNEL_NEEDED};
 
@@ -29,6 +31,30 @@ impl Store {
                 .await?;
         }
         Ok(n)
+    }
+
+    /// Up to `limit` failed rows, most recently queued first: id, last error, attempts.
+    pub async fn failed(&self, limit: i64) -> StoreResult<Vec<FailedRow>> {
+        let db = self.pool.get().await?;
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT id, last_error, coalesce(retry_count, 0) FROM {} WHERE {}
+                      ORDER BY queued_at DESC NULLS LAST, id LIMIT $1",
+                    self.config.table.sql(),
+                    RowState::Failed.predicate()
+                ),
+                &[&limit.max(0)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailedRow {
+                id: r.get(0),
+                last_error: r.get(1),
+                retry_count: r.get(2),
+            })
+            .collect())
     }
 
     /// Rows needing an embedding and not failed, and how many of them wait for a retry's
