@@ -13,7 +13,7 @@
 //! Fresh writes go first. A third lane ([`EmbedService::submit_fresh`]) carries batches of rows
 //! that notifications named (new inserts and updates); the thread takes it before anything else,
 //! and a long pipeline batch (a backfill's) is embedded one model call (at most
-//! [`TOKEN_BUDGET`] padded tokens) at a time, with fresh batches served between its calls: a
+//! [`BACKLOG_CALL_BUDGET`] padded tokens) at a time, with fresh batches served between its calls: a
 //! single insert into one vectorizer never waits behind another vectorizer's backfill for more
 //! than one such call.
 
@@ -248,6 +248,13 @@ async fn wait(rx: oneshot::Receiver<EmbedResult>) -> Result<Vec<Vec<f32>>, Embed
     }
 }
 
+/// Most padded tokens per model call of a backlog (pipeline) batch: the longest a fresh batch
+/// waits for the model. Smaller than [`TOKEN_BUDGET`] because on these CPUs batching buys
+/// little (`pgai-trigger bench`, raw model: 16-token texts 3.0 ms alone vs 322 rows/s batched,
+/// 235-token texts 31.7 ms alone vs 27.5 rows/s batched), while a 1024-token call of short rows
+/// took ~100 ms that a fresh insert into another vectorizer had to wait.
+pub const BACKLOG_CALL_BUDGET: usize = 256;
+
 /// Runs a job in one go (fresh batches and queries are small).
 fn run_whole(model: &mut dyn Embedder, job: Job) {
     let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
@@ -280,7 +287,7 @@ impl Stepper {
                 .iter()
                 .map(|t| model.count_tokens(t))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(chunks_by_budget(&lens, TOKEN_BUDGET))
+            Ok(chunks_by_budget(&lens, BACKLOG_CALL_BUDGET))
         });
         match planned {
             Ok(groups) => Some(Stepper {
