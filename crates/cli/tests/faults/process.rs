@@ -8,51 +8,6 @@ use tokio_postgres::Client;
 
 use crate::support::*;
 
-/// Ids claimed by `child` right now.
-async fn claimed_by(db: &Client, child: &Child) -> Vec<String> {
-    db.query(
-        "SELECT id FROM m0_episodic WHERE claimed_by LIKE $1",
-        &[&child.token_like()],
-    )
-    .await
-    .expect("claimed rows")
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-/// Kills `child` and waits until its sessions are gone from the server, so no statement of
-/// it can still commit after we look at its claims.
-async fn kill_and_wait_gone(db: &Client, child: &mut Child) {
-    child.kill9();
-    let like = format!("pgai-trigger %-{}-%", child.pid);
-    wait_for("the killed daemon's sessions to end", DEADLINE, || async {
-        backends(db, &like).await.is_empty().then_some(())
-    })
-    .await;
-}
-
-/// Freezes `child` at a moment it holds claims, then SIGKILLs it: mid-batch for certain.
-/// Returns the rows it left claimed (re-read once its sessions are gone).
-async fn kill_mid_batch(db: &Client, child: &mut Child) -> Vec<String> {
-    for _ in 0..50 {
-        wait_for("the daemon to hold claims", DEADLINE, || async {
-            (!claimed_by(db, child).await.is_empty()).then_some(())
-        })
-        .await;
-        child.stop_signal();
-        // Statements the daemon sent before it stopped still run (a write-back completes the
-        // rows it holds): let them finish, so the claims seen next are the ones the kill orphans.
-        tokio::time::sleep(SETTLE).await;
-        if !claimed_by(db, child).await.is_empty() {
-            kill_and_wait_gone(db, child).await;
-            return claimed_by(db, child).await;
-        }
-        child.cont_signal();
-    }
-    panic!("never caught the daemon holding claims");
-}
-
 /// Waits until every row of `ids` has a committed write; returns when.
 async fn wait_written(db: &Client, ids: &[String], deadline: Duration) -> Instant {
     wait_for("the orphaned rows to be written", deadline, || async {
@@ -84,7 +39,7 @@ async fn s01_sigkill_mid_batch_then_restart() {
     })
     .await;
     let killed = Instant::now();
-    let orphaned = kill_mid_batch(&db, &mut first).await;
+    let orphaned = kill_mid_batch(&db, "m0_episodic", &mut first).await;
     let mut second = Child::spawn(&url, &args, dir.path(), "second");
     second.wait_connected(&db).await;
     let recovered = if orphaned.is_empty() {
@@ -126,7 +81,7 @@ async fn crashed_claims_count_an_attempt_on_take_over() {
     .unwrap();
     let args = ["--lease-secs", "2", "--batch-size", "8"];
     let mut first = Child::spawn(&url, &args, dir.path(), "first");
-    let orphaned = kill_mid_batch(&db, &mut first).await;
+    let orphaned = kill_mid_batch(&db, "m0_episodic", &mut first).await;
     assert!(!orphaned.is_empty());
     let second = Child::spawn(&url, &args, dir.path(), "second");
     wait_drained(&db, DEADLINE).await;
@@ -299,7 +254,7 @@ async fn s07_three_daemons_one_killed() {
                 return None;
             }
             for (i, d) in daemons.iter().enumerate() {
-                if !claimed_by(&db, d).await.is_empty() {
+                if !claimed_by(&db, "m0_episodic", d).await.is_empty() {
                     return Some(i);
                 }
             }
@@ -308,7 +263,7 @@ async fn s07_three_daemons_one_killed() {
     )
     .await;
     let killed = Instant::now();
-    let orphaned = kill_mid_batch(&db, &mut daemons[victim]).await;
+    let orphaned = kill_mid_batch(&db, "m0_episodic", &mut daemons[victim]).await;
     // The survivors keep working while the clients keep writing.
     let recovered = if orphaned.is_empty() {
         killed
@@ -434,7 +389,7 @@ async fn sigterm_leaves_no_claims_behind() {
         DEADLINE,
         || async {
             (count(&db, "SELECT count(*) FROM fault_writes").await >= 20
-                && !claimed_by(&db, &first).await.is_empty())
+                && !claimed_by(&db, "m0_episodic", &first).await.is_empty())
             .then_some(())
         },
     )
@@ -442,7 +397,7 @@ async fn sigterm_leaves_no_claims_behind() {
     let stopping = Instant::now();
     let status = first.terminate_gracefully(Duration::from_secs(15));
     let stop_took = stopping.elapsed();
-    let left = claimed_by(&db, &first).await;
+    let left = claimed_by(&db, "m0_episodic", &first).await;
     let second = Child::spawn(&url, &[], dir.path(), "second");
     let t = Instant::now();
     wait_drained(&db, Duration::from_secs(25)).await;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgai_embed::{EmbedError, Embedder};
-use pgai_testkit::{cosine, fresh_database};
+use pgai_testkit::{cosine, fresh_database, wait_for};
 use pgai_trigger::EmbedService;
 use pgai_trigger::{schema, Table};
 use pgvector::Vector;
@@ -658,4 +658,49 @@ pub async fn backends(db: &Client, like: &str) -> Vec<i32> {
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// The rows of `queue` (the table, or a vectorizer's queue table) that `child` holds claimed.
+pub async fn claimed_by(db: &Client, queue: &str, child: &Child) -> Vec<String> {
+    db.query(
+        &format!("SELECT id FROM {queue} WHERE claimed_by LIKE $1"),
+        &[&child.token_like()],
+    )
+    .await
+    .expect("claimed rows")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Kills `child` and waits until its sessions are gone from the server, so no statement of
+/// it can still commit after we look at its claims.
+pub async fn kill_and_wait_gone(db: &Client, child: &mut Child) {
+    child.kill9();
+    let like = format!("pgai-trigger %-{}-%", child.pid);
+    wait_for("the killed daemon's sessions to end", DEADLINE, || async {
+        backends(db, &like).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Freezes `child` at a moment it holds claims in `queue`, then SIGKILLs it: mid-batch for
+/// certain. Returns the rows it left claimed (re-read once its sessions are gone).
+pub async fn kill_mid_batch(db: &Client, queue: &str, child: &mut Child) -> Vec<String> {
+    for _ in 0..50 {
+        wait_for("the daemon to hold claims", DEADLINE, || async {
+            (!claimed_by(db, queue, child).await.is_empty()).then_some(())
+        })
+        .await;
+        child.stop_signal();
+        // Statements the daemon sent before it stopped still run (a write-back completes the
+        // rows it holds): let them finish, so the claims seen next are the ones the kill orphans.
+        tokio::time::sleep(SETTLE).await;
+        if !claimed_by(db, queue, child).await.is_empty() {
+            kill_and_wait_gone(db, child).await;
+            return claimed_by(db, queue, child).await;
+        }
+        child.cont_signal();
+    }
+    panic!("never caught the daemon holding claims");
 }

@@ -411,19 +411,6 @@ impl DocStream {
     }
 }
 
-/// Queue rows claimed by `child` right now.
-async fn claimed_by(db: &Client, child: &Child) -> Vec<String> {
-    db.query(
-        &format!("SELECT id FROM {QUEUE} WHERE claimed_by LIKE $1"),
-        &[&child.token_like()],
-    )
-    .await
-    .expect("claimed rows")
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 /// Waits until the child's vectorizer worker has claimed something (it serves the catalog's
 /// vectorizers on its own: nothing tells it about `docs` but the catalog).
 async fn wait_vz_claims(db: &Client, child: &Child) {
@@ -440,32 +427,6 @@ async fn wait_vz_claims(db: &Client, child: &Child) {
         (n > 0).then_some(())
     })
     .await;
-}
-
-/// Freezes `child` at a moment it holds claims, then SIGKILLs it and waits until its sessions
-/// are gone; returns the rows it left claimed.
-async fn kill_mid_batch(db: &Client, child: &mut Child) -> Vec<String> {
-    let like = format!("pgai-trigger %-{}-%", child.pid);
-    for _ in 0..50 {
-        wait_for("the daemon to hold claims", DEADLINE, || async {
-            (!claimed_by(db, child).await.is_empty()).then_some(())
-        })
-        .await;
-        child.stop_signal();
-        // Statements the daemon sent before it stopped still run (a write-back completes the
-        // rows it holds): let them finish, so the claims seen next are the ones the kill orphans.
-        tokio::time::sleep(SETTLE).await;
-        if !claimed_by(db, child).await.is_empty() {
-            child.kill9();
-            wait_for("the killed daemon's sessions to end", DEADLINE, || async {
-                backends(db, &like).await.is_empty().then_some(())
-            })
-            .await;
-            return claimed_by(db, child).await;
-        }
-        child.cont_signal();
-    }
-    panic!("never caught the daemon holding claims");
 }
 
 /// Waits until every row of `ids` has a completion recorded, or a newer content version
@@ -508,7 +469,7 @@ async fn vz1_sigkill_mid_batch_then_restart() {
     })
     .await;
     let killed = Instant::now();
-    let orphaned = kill_mid_batch(&db, &mut first).await;
+    let orphaned = kill_mid_batch(&db, QUEUE, &mut first).await;
     let second = Child::spawn(&url, &args, dir.path(), "second");
     let recovered = if orphaned.is_empty() {
         killed
