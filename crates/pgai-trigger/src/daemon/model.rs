@@ -279,15 +279,8 @@ impl Stepper {
     fn start(model: &mut dyn Embedder, job: Job) -> Option<Stepper> {
         let started = Instant::now();
         let planned = catch_panic(|| {
-            if job.texts.len() <= 1 {
-                return Ok(vec![(0..job.texts.len()).collect::<Vec<_>>()]);
-            }
-            let lens = job
-                .texts
-                .iter()
-                .map(|t| model.count_tokens(t))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(chunks_by_budget(&lens, BACKLOG_CALL_BUDGET))
+            let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+            plan_calls(model, &texts, BACKLOG_CALL_BUDGET)
         });
         match planned {
             Ok(groups) => Some(Stepper {
@@ -355,18 +348,31 @@ pub fn embed_in_chunks(
     if texts.len() <= 1 {
         return model.embed(texts);
     }
-    let lens = texts
-        .iter()
-        .map(|t| model.count_tokens(t))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut out = vec![Vec::new(); texts.len()];
-    for chunk in chunks_by_budget(&lens, budget) {
+    for chunk in plan_calls(model, texts, budget)? {
         let part: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
         for (i, v) in chunk.iter().zip(model.embed(&part)?) {
             out[*i] = v;
         }
     }
     Ok(out)
+}
+
+/// The model calls for `texts`: groups of indices under `budget` padded tokens (one group when
+/// there is at most one text: nothing to count).
+fn plan_calls(
+    model: &dyn Embedder,
+    texts: &[&str],
+    budget: usize,
+) -> Result<Vec<Vec<usize>>, EmbedError> {
+    if texts.len() <= 1 {
+        return Ok(vec![(0..texts.len()).collect()]);
+    }
+    let lens = texts
+        .iter()
+        .map(|t| model.count_tokens(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(chunks_by_budget(&lens, budget))
 }
 
 /// Groups indices of `lens` sorted by length so that each group's rows × longest ≤ `budget`
@@ -441,8 +447,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pipeline_batches_go_before_queued_queries_but_queries_are_not_starved() {
+    /// A service over a [`Recorder`] whose texts count `tokens` each: the calls it records,
+    /// the gate that lets its first call finish, and the signal that the first call started.
+    async fn gated(
+        tokens: usize,
+        queue: usize,
+    ) -> (
+        EmbedService,
+        Arc<Mutex<Vec<String>>>,
+        std::sync::mpsc::Sender<()>,
+        oneshot::Receiver<()>,
+    ) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (open, gate) = std::sync::mpsc::channel();
         let (started_tx, started) = oneshot::channel();
@@ -450,11 +465,18 @@ mod tests {
             calls: calls.clone(),
             started: Some(started_tx),
             gate: Some(gate),
-            tokens: 1,
+            tokens,
         };
-        let service = EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), 16)
-            .await
-            .unwrap();
+        let service =
+            EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), queue)
+                .await
+                .unwrap();
+        (service, calls, open, started)
+    }
+
+    #[tokio::test]
+    async fn pipeline_batches_go_before_queued_queries_but_queries_are_not_starved() {
+        let (service, calls, open, started) = gated(1, 16).await;
         // The model is busy with this one while the others queue.
         let busy = service.submit(vec!["busy".into()]).await;
         started.await.unwrap();
@@ -481,19 +503,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_batch_goes_between_the_model_calls_of_a_long_pipeline_batch() {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (open, gate) = std::sync::mpsc::channel();
-        let (started_tx, started) = oneshot::channel();
-        let recorder = Recorder {
-            calls: calls.clone(),
-            started: Some(started_tx),
-            gate: Some(gate),
-            // Two texts exceed the budget: one model call per text.
-            tokens: TOKEN_BUDGET / 2 + 1,
-        };
-        let service = EmbedService::start(move || Ok(Box::new(recorder) as Box<dyn Embedder>), 2)
-            .await
-            .unwrap();
+        // Two texts exceed the budget: one model call per text.
+        let (service, calls, open, started) = gated(TOKEN_BUDGET / 2 + 1, 2).await;
         let backlog = service
             .submit(vec!["b0".into(), "b1".into(), "b2".into(), "b3".into()])
             .await;
