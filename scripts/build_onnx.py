@@ -86,14 +86,19 @@ def build(model_dir, out):
     x = g.layer_norm(x, w, "embeddings.LayerNorm", eps)
 
     # Attention mask -> additive bias [B, 1, 1, S]: 0 where attended, float32 min where padded.
+    # Written as the Hugging Face export writes it (Unsqueeze -> Unsqueeze -> Cast -> Sub -> Mul):
+    # ONNX Runtime's attention fuser recognises the mask only in that form.
+    mask4 = g.op("Unsqueeze", g.op("Unsqueeze", mask, g.const([1], dtype=np.int64)), g.const([2], dtype=np.int64))
+    mask4_f = g.op("Cast", mask4, to=TensorProto.FLOAT)
+    bias = g.op("Mul", g.op("Sub", g.const(1.0), mask4_f), g.const(np.finfo(np.float32).min))
     mask_f = g.op("Cast", mask, to=TensorProto.FLOAT)
-    neg = g.op("Mul", g.op("Sub", g.const(1.0), mask_f), g.const(np.finfo(np.float32).min))
-    bias = g.op("Unsqueeze", neg, g.const([1, 2], dtype=np.int64))
 
     split_heads = g.const([0, 0, heads, head_dim], "split_heads_shape", np.int64)
     merge_heads = g.const([0, 0, hidden], "merge_heads_shape", np.int64)
-    scale = g.const(1.0 / np.sqrt(head_dim), "attention_scale")
-    inv_sqrt2, half, one = g.const(1.0 / np.sqrt(2.0)), g.const(0.5), g.const(1.0)
+    # Scores are divided by sqrt(d) straight after Q.K^T and before the mask is added, and GELU
+    # divides by sqrt(2): the forms ONNX Runtime's attention and GELU fusers look for.
+    sqrt_d = g.const(np.sqrt(head_dim), "attention_sqrt_d")
+    sqrt2, half, one = g.const(np.sqrt(2.0)), g.const(0.5), g.const(1.0)
 
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
@@ -103,15 +108,15 @@ def build(model_dir, out):
         q = heads_of("query", [0, 2, 1, 3])  # [B, h, S, d]
         k = heads_of("key", [0, 2, 3, 1])  # [B, h, d, S]
         v = heads_of("value", [0, 2, 1, 3])  # [B, h, S, d]
-        scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), bias)
+        scores = g.op("Add", g.op("Div", g.op("MatMul", q, k), sqrt_d), bias)
         ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), merge_heads)
         attn = g.linear(ctx, w, f"{p}.attention.output.dense")
         x = g.layer_norm(g.op("Add", attn, x), w, f"{p}.attention.output.LayerNorm", eps)
 
         h = g.linear(x, w, f"{p}.intermediate.dense")
-        # Exact GELU: 0.5 * h * (1 + erf(h / sqrt 2)); ONNX Runtime fuses this pattern.
-        h = g.op("Mul", g.op("Mul", h, half), g.op("Add", one, g.op("Erf", g.op("Mul", h, inv_sqrt2))))
+        # Exact GELU: h * (1 + erf(h / sqrt 2)) * 0.5; ONNX Runtime fuses this pattern.
+        h = g.op("Mul", g.op("Mul", h, g.op("Add", g.op("Erf", g.op("Div", h, sqrt2)), one)), half)
         h = g.linear(h, w, f"{p}.output.dense")
         x = g.layer_norm(g.op("Add", h, x), w, f"{p}.output.LayerNorm", eps)
 
