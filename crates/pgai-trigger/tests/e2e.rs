@@ -538,6 +538,25 @@ async fn hinted_rows_jump_the_backlog() {
         ids[1..].iter().all(|id| id.starts_with("old")),
         "then the oldest: {ids:?}"
     );
+
+    // A fresh claim takes the named rows and nothing of the backlog: a fresh batch stays as
+    // small as what the notifications named.
+    db.execute(
+        "INSERT INTO m0_episodic (id, content) VALUES ('fresh2', 'also just arrived')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let named = [
+        "fresh2".to_string(),
+        "fresh".to_string(), // claimed above: not due
+        "no-such-id".to_string(),
+    ];
+    let c = claimer.claim_hinted(&db, &named, 30.0, 3).await.unwrap();
+    let ids: Vec<&str> = c.rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["fresh2"]);
+    let c = claimer.claim_hinted(&db, &named, 30.0, 3).await.unwrap();
+    assert!(c.rows.is_empty(), "nothing named is due any more");
 }
 
 /// The per-statement notify option: one notification per statement, same end state.

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -33,12 +33,12 @@ const LOST_PROBES_BEFORE_RECONNECT: u32 = 3;
 /// Payload prefix of the self-probe; never a row id the worker should look for.
 pub const PROBE_PREFIX: &str = "\u{1}pgai-probe:";
 
-/// The ids the latest notifications named, newest kept: during a burst of thousands the
-/// oldest hints are dropped (those rows are found by age anyway) so a fresh insert is always
-/// near the front.
+/// The ids the latest notifications named, each with when it arrived, newest kept: during a
+/// burst of thousands the oldest hints are dropped (those rows are found by age anyway) so a
+/// fresh insert is always near the front.
 #[derive(Debug)]
 pub struct Hints {
-    ids: Mutex<VecDeque<String>>,
+    ids: Mutex<VecDeque<(String, Instant)>>,
     cap: usize,
 }
 
@@ -50,35 +50,56 @@ impl Hints {
         }
     }
 
+    fn ids(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, Instant)>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn push(&self, id: String) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_at(id, Instant::now());
+    }
+
+    fn push_at(&self, id: String, at: Instant) {
+        let mut ids = self.ids();
         if ids.len() == self.cap {
             ids.pop_front();
         }
-        ids.push_back(id);
+        ids.push_back((id, at));
     }
 
     /// Up to `n` ids, newest first.
     pub fn take_newest(&self, n: usize) -> Vec<String> {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = self.ids();
         let mut out = Vec::with_capacity(n.min(ids.len()));
         while out.len() < n {
             match ids.pop_back() {
-                Some(id) => out.push(id),
+                Some((id, _)) => out.push(id),
                 None => break,
             }
         }
         out
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+    /// Forgets the hints older than `max_age` at `now`; returns how many. Their rows are no
+    /// longer fresh: the backlog's claims find them by age.
+    pub fn prune(&self, max_age: Duration, now: Instant) -> usize {
+        let mut ids = self.ids();
+        let before = ids.len();
+        while ids
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > max_age)
+        {
+            ids.pop_front();
+        }
+        before - ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids().is_empty()
     }
 
     #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn len(&self) -> usize {
+        self.ids().len()
     }
 }
 
@@ -346,5 +367,18 @@ mod tests {
         assert_eq!(h.take_newest(2), vec!["d".to_string(), "c".to_string()]);
         assert_eq!(h.take_newest(5), vec!["b".to_string()]);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn hints_older_than_the_age_are_pruned_oldest_first() {
+        let h = Hints::new(10);
+        let t0 = Instant::now();
+        h.push_at("old".into(), t0);
+        h.push_at("new".into(), t0 + Duration::from_millis(30));
+        let now = t0 + Duration::from_millis(40);
+        assert_eq!(h.prune(Duration::from_secs(60), now), 0);
+        assert_eq!(h.prune(Duration::from_millis(15), now), 1);
+        assert_eq!(h.take_newest(5), vec!["new".to_string()]);
+        assert_eq!(h.prune(Duration::ZERO, now), 0, "nothing left to prune");
     }
 }

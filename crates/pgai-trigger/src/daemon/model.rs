@@ -252,8 +252,10 @@ async fn wait(rx: oneshot::Receiver<EmbedResult>) -> Result<Vec<Vec<f32>>, Embed
 /// waits for the model. Smaller than [`TOKEN_BUDGET`] because on these CPUs batching buys
 /// little (`pgai-trigger bench`, raw model: 16-token texts 3.0 ms alone vs 322 rows/s batched,
 /// 235-token texts 31.7 ms alone vs 27.5 rows/s batched), while a 1024-token call of short rows
-/// took ~100 ms that a fresh insert into another vectorizer had to wait.
-pub const BACKLOG_CALL_BUDGET: usize = 256;
+/// took ~100 ms that a fresh insert into another vectorizer had to wait. At 128 a call of short
+/// texts still holds ~8 rows (a call's fixed cost is a fraction of a row's), and a long text
+/// (over the budget) gets a call of its own.
+pub const BACKLOG_CALL_BUDGET: usize = 128;
 
 /// Runs a job in one go (fresh batches and queries are small).
 fn run_whole(model: &mut dyn Embedder, job: Job) {

@@ -1,10 +1,16 @@
 //! The worker: claim (stage 3) → embed (stage 4) → write back (stage 5), pipelined.
 //!
 //! The claim loop takes a batch, hands its texts to the model thread and goes on to claim the
-//! next one while the model works; the write loop waits for each batch's vectors and writes
-//! them. Claims only take free capacity: a semaphore allows [`BATCHES_IN_FLIGHT`] batches
-//! between claim and write, so a slow model or database slows the claims instead of piling up
-//! leased rows. Claim and write use separate connections so a write never waits behind a claim.
+//! next one while the model works; the write loop writes each batch as its vectors come back.
+//! Claims only take free capacity: a semaphore allows [`BATCHES_IN_FLIGHT`] batches between
+//! claim and write, so a slow model or database slows the claims instead of piling up leased
+//! rows. Claim and write use separate connections so a write never waits behind a claim.
+//!
+//! Fresh rows do not queue behind a backlog. Rows that notifications just named (at most
+//! [`FRESH_CLAIM`], the newest, named within [`FRESH_FOR`]) are claimed by id apart from the
+//! backlog, with a slot of their own ([`FRESH_IN_FLIGHT`]), and go to the model's fresh lane,
+//! which the model thread serves between the backlog's calls. The backlog (a burst, a
+//! backfill, rows whose notification was missed) is claimed oldest first.
 //!
 //! The daemon's own sessions run with `synchronous_commit = off`: losing a claim or a vector
 //! write in a server crash only leaves the row pending, and it is embedded again.
@@ -37,8 +43,19 @@ use crate::queue::{
     Claim, ClaimedRow, Claimer, Embedded, Leases, QueueCounts, RetryPolicy, Table, Writer,
 };
 
-/// Batches claimed but not yet written: one being embedded, one being written.
+/// Backlog batches claimed but not yet written: one being embedded, one being written.
 pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Fresh batches (rows notifications just named) claimed but not yet written, besides the
+/// backlog's: a fresh claim never waits for a backlog batch to finish.
+pub const FRESH_IN_FLIGHT: usize = 1;
+/// Rows a fresh claim takes at most: the newest named. A single insert arriving during a burst
+/// waits for the model call in progress (and at a burst's very start, one of its rows), not for
+/// a batch of the burst.
+pub const FRESH_CLAIM: usize = 1;
+/// A notification older than this when a fresh claim could take it is no longer fresh: its
+/// row goes with the backlog (claimed by age). Past the first moments of a burst its own
+/// notifications are that old, so fresh claims carry only what arrived since.
+pub const FRESH_FOR: Duration = Duration::from_millis(250);
 /// How often the queue gauges are sampled from the database.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// A text any working provider embeds: when rows fail across the board, it tells a provider
@@ -220,21 +237,21 @@ impl Worker {
             within("connect", crate::pg::connect(&cfg.database_url, &app)).await?;
         let (write_db, _write_task) =
             within("connect", crate::pg::connect(&cfg.database_url, &app)).await?;
-        let (mut claimer, db) = within("prepare", async {
+        let (mut claimer, db, fresh_db) = within("prepare", async {
             for db in [&claim_db, &write_db] {
                 db.batch_execute("SET synchronous_commit = off").await?;
             }
             let claimer = Claimer::prepare(&claim_db, &self.queue, &cfg.worker_id).await?;
-            let writer = Writer::prepare(&write_db, &self.queue, self.embed.model_name()).await?;
-            let leases = Leases::prepare(&write_db, &self.queue).await?;
-            Ok((
-                claimer,
-                WriteSide {
-                    client: &write_db,
-                    writer,
-                    leases,
-                },
-            ))
+            let side = |client| async move {
+                Ok::<_, crate::error::Error>(WriteSide {
+                    client,
+                    writer: Writer::prepare(client, &self.queue, self.embed.model_name()).await?,
+                    leases: Leases::prepare(client, &self.queue).await?,
+                })
+            };
+            // Fresh batches are written on the claim connection: a fresh write never waits
+            // behind a backlog batch's write (a few ms of HNSW inserts per row).
+            Ok((claimer, side(&write_db).await?, side(&claim_db).await?))
         })
         .await?;
         // Batches this daemon claimed on a connection it has since lost are abandoned: give them
@@ -263,12 +280,16 @@ impl Worker {
         backoff.reset();
 
         let (tx, rx) = mpsc::channel::<InFlight>(BATCHES_IN_FLIGHT);
+        let (fresh_tx, fresh_rx) = mpsc::channel::<InFlight>(FRESH_IN_FLIGHT);
         let writes_done = CancellationToken::new();
-        let claims = self.claim_loop(&claim_db, &mut claimer, tx, shutdown, shared);
+        let claims = self.claim_loop(&claim_db, &mut claimer, [tx, fresh_tx], shutdown, shared);
         let writes = async {
-            let r = self.write_loop(&db, rx, shared).await;
+            let r = tokio::try_join!(
+                self.write_loop(&db, rx, shared),
+                self.write_loop(&fresh_db, fresh_rx, shared)
+            );
             writes_done.cancel();
-            r
+            r.map(|_| ())
         };
         let work = async {
             let (c, w) = tokio::join!(claims, writes);
@@ -291,13 +312,16 @@ impl Worker {
         &self,
         db: &Client,
         claimer: &mut Claimer,
-        tx: mpsc::Sender<InFlight>,
+        [backlog_tx, fresh_tx]: [mpsc::Sender<InFlight>; 2],
         shutdown: &CancellationToken,
         shared: &Shared,
     ) -> Result<()> {
         let cfg = &self.config;
         let lease = cfg.lease.as_secs_f64();
-        let capacity = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let backlog = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let fresh_slots = Arc::new(Semaphore::new(FRESH_IN_FLIGHT));
+        // A backlog claim found nothing due: none until a wake-up or the poll interval.
+        let mut idle = false;
         while !shutdown.is_cancelled() {
             let pause = shared.breaker().pause_left(Instant::now());
             if let Some(pause) = pause {
@@ -307,33 +331,65 @@ impl Worker {
                 }
                 continue;
             }
-            let permit = tokio::select! {
-                p = capacity.clone().acquire_owned() => p.expect("semaphore never closed"),
+            // Hints that waited too long are no longer fresh: their rows go with the backlog.
+            if self.wake.hints.prune(FRESH_FOR, Instant::now()) > 0 {
+                idle = false;
+            }
+            let fresh_waiting = !self.wake.hints.is_empty();
+            let poll = if cfg.immediate_trigger && self.wake.health() != ListenerHealth::Listening {
+                cfg.poll_interval.min(DEGRADED_POLL)
+            } else {
+                cfg.poll_interval
+            };
+            let (permit, fresh) = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
+                p = fresh_slots.clone().acquire_owned(), if fresh_waiting => {
+                    (p.expect("semaphore never closed"), true)
+                }
+                p = backlog.clone().acquire_owned(), if !idle => {
+                    (p.expect("semaphore never closed"), false)
+                }
+                _ = self.wake.notify.notified() => {
+                    // A wake-up without hints (a reconnect, a new queue) is for the backlog;
+                    // hinted rows are the fresh claims' work.
+                    if self.wake.hints.is_empty() {
+                        idle = false;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(poll), if idle => {
+                    idle = false;
+                    continue;
+                }
             };
             let limit = shared.breaker().claim_limit(cfg.batch_size);
-            let hinted = self.wake.hints.take_newest(limit);
             claimer.set_excluded(shared.quarantined(Instant::now()));
-            let mut claim = within(
-                "claim",
-                claimer.claim(db, &hinted, limit, lease, cfg.max_retries),
-            )
-            .await?;
+            let mut claim = if fresh {
+                let hinted = self.wake.hints.take_newest(limit.min(FRESH_CLAIM));
+                // More named than one fresh claim takes: a burst, which the backlog's claims
+                // carry (by age) while fresh claims keep taking the newest.
+                if !self.wake.hints.is_empty() {
+                    idle = false;
+                }
+                within(
+                    "claim",
+                    claimer.claim_hinted(db, &hinted, lease, cfg.max_retries),
+                )
+                .await?
+            } else {
+                within(
+                    "claim",
+                    claimer.claim(db, &[], limit, lease, cfg.max_retries),
+                )
+                .await?
+            };
             for (id, error) in std::mem::take(&mut claim.refused) {
                 self.quarantine(shared, &id, &error);
             }
             if claim.rows.is_empty() {
-                drop(permit);
-                let poll =
-                    if cfg.immediate_trigger && self.wake.health() != ListenerHealth::Listening {
-                        cfg.poll_interval.min(DEGRADED_POLL)
-                    } else {
-                        cfg.poll_interval
-                    };
-                tokio::select! {
-                    _ = self.wake.notify.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.cancelled() => {}
+                if !fresh {
+                    idle = true;
                 }
                 continue;
             }
@@ -345,12 +401,13 @@ impl Worker {
                 let (reply, rx) = oneshot::channel();
                 let _ = reply.send(Ok((Vec::new(), Duration::ZERO)));
                 rx
-            } else if hinted.is_empty() {
-                self.embed.submit(flat).await
-            } else {
-                // Rows a notification named: fresh writes go before any backlog's batch.
+            } else if fresh {
+                // Rows a notification just named go before any backlog's batch.
                 self.embed.submit_fresh(flat).await
+            } else {
+                self.embed.submit(flat).await
             };
+            let tx = if fresh { &fresh_tx } else { &backlog_tx };
             if tx
                 .send(InFlight {
                     claim,

@@ -167,6 +167,32 @@ impl Claimer {
         lease_secs: f64,
         max_retries: i32,
     ) -> Result<Claim> {
+        self.claim_from(client, hinted, limit, true, lease_secs, max_retries)
+            .await
+    }
+
+    /// Claims the due rows among `hinted` and nothing else: the rows notifications just named,
+    /// embedded apart from the backlog so that they do not wait behind it.
+    pub async fn claim_hinted(
+        &mut self,
+        client: &Client,
+        hinted: &[String],
+        lease_secs: f64,
+        max_retries: i32,
+    ) -> Result<Claim> {
+        self.claim_from(client, hinted, hinted.len(), false, lease_secs, max_retries)
+            .await
+    }
+
+    async fn claim_from(
+        &mut self,
+        client: &Client,
+        hinted: &[String],
+        limit: usize,
+        oldest: bool,
+        lease_secs: f64,
+        max_retries: i32,
+    ) -> Result<Claim> {
         let seq = CLAIM_SEQ.fetch_add(1, Ordering::Relaxed) + 1;
         let mut claim = Claim {
             token: format!("{}:{seq}", self.owner),
@@ -184,7 +210,7 @@ impl Claimer {
                 .claim_with_fallback(client, Pick::Hinted(hinted), limit, &p, &mut claim.refused)
                 .await?;
         }
-        if claim.rows.len() < limit {
+        if oldest && claim.rows.len() < limit {
             let more = self
                 .claim_with_fallback(
                     client,
