@@ -16,7 +16,8 @@
 //!    each vectorizer's capture triggers and queue table.
 //! 2. `daemon/listener`  — a dedicated LISTEN connection: wake-ups, the newest ids as claim
 //!    hints, a self-probe that must come back; its health reaches the worker with the wake-up.
-//! 3. `queue/claim`      — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token;
+//! 3. `queue/claim`      — `FOR UPDATE SKIP LOCKED` claims with a lease and a per-claim token:
+//!    fresh claims take the row a notification just named, backlog claims the oldest due rows;
 //!    take-over of an expired claim counts an attempt. `queue/lease` renews and gives back.
 //! 4. `daemon/model`     — the model on its own OS thread behind bounded lanes (fresh rows
 //!    first), cut into calls by a token budget (the model and the chunker are the `pgai-embed`
@@ -81,7 +82,9 @@ pub use config::settings::{
     EmbeddingSettings, HttpSettings, PgaiSettings, ProviderKind, Settings, DEFAULT_PATHS,
 };
 pub use config::{redact_url, Config};
-pub use daemon::model::{embed_in_chunks, EmbedResult, EmbedService, TOKEN_BUDGET};
+pub use daemon::model::{
+    embed_in_chunks, EmbedResult, EmbedService, BACKLOG_CALL_BUDGET, TOKEN_BUDGET,
+};
 pub use daemon::Daemon;
 pub use error::{db_message, one_line, Error, Result};
 pub use monitor::{percentiles, ListenerHealth, Monitor, Percentiles, Stats};

@@ -10,6 +10,7 @@ use super::latency::{Burst, Latencies};
 use super::model::{RawModel, RawProfile};
 use super::probe::Usage;
 use super::texts::Profile;
+use pgai_trigger::BACKLOG_CALL_BUDGET;
 
 /// The whole result, as written to `--out`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -504,7 +505,7 @@ pub fn table(r: &Results) -> String {
     );
     let _ = writeln!(
         o,
-        "  profile tokens | alone: p50 ms  p99 ms  paced p50 | batched: rows/s  pipeline/raw"
+        "  profile tokens | alone: p50 ms  p99 ms  paced p50 | batched: rows/s  in {BACKLOG_CALL_BUDGET}-token calls  pipeline/raw"
     );
     for p in [&raw.short, &raw.long] {
         let burst = r
@@ -514,13 +515,15 @@ pub fn table(r: &Results) -> String {
             .map(|b| b.burst.rows_per_s);
         let _ = writeln!(
             o,
-            "  {:<7} {:>6.0} | {:>13} {:>7} {:>10} | {:>15.1} {:>13}",
+            "  {:<7} {:>6.0} | {:>13} {:>7} {:>10} | {:>15.1} {:>10.1} (x{:.2}) {:>13}",
             p.profile.name(),
             p.mean_tokens,
             f(p.single.embed_ms.p50, 2),
             f(p.single.embed_ms.p99, 2),
             f(p.single.paced_embed_ms.p50, 2),
             p.batch.rows_per_s,
+            p.batch.stepped_rows_per_s,
+            p.batch.stepped_rows_per_s / p.batch.rows_per_s,
             f(burst.map(|b| b / p.batch.rows_per_s), 2)
         );
     }
