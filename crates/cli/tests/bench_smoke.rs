@@ -93,6 +93,10 @@ fn quick_bench_writes_every_section() {
     for p in ["short", "long"] {
         num(&json["raw_model"][p]["batch"]["rows_per_s"], "raw rows/s");
         num(
+            &json["raw_model"][p]["batch"]["stepped_rows_per_s"],
+            "raw rows/s in the backlog's calls",
+        );
+        num(
             &json["raw_model"][p]["single"]["embed_ms"]["p50"],
             "raw single P50",
         );
@@ -149,7 +153,29 @@ fn quick_bench_writes_every_section() {
         num(&fair["backfill"][k], k);
     }
     assert!(fair["backfill"]["drained_during_window"].is_boolean());
-    assert_eq!(json["targets"].as_array().unwrap().len(), 8);
+    let targets = json["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 13, "{targets:#?}");
+    // A target is judged exactly when it has a value (a quick burst may see no single insert).
+    for t in targets {
+        let judged = t["met"].is_boolean();
+        assert_eq!(t["value"].is_number(), judged, "{t:#}");
+        assert!(judged || t["met"].is_null(), "{t:#}");
+    }
+    let value = |name: &str| {
+        targets
+            .iter()
+            .find(|t| t["name"].as_str().unwrap().starts_with(name))
+            .map(|t| t["value"].clone())
+            .unwrap_or_else(|| panic!("no target {name}: {targets:#?}"))
+    };
+    for name in [
+        "latency P50, short",
+        "raw model, short, batch",
+        "raw model, a lone short text",
+        "idle CPU",
+    ] {
+        num(&value(name), name);
+    }
 
     let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -311,6 +311,37 @@ out = {"torch": torch.__version__, "sentence_transformers": sentence_transformer
        "threads": torch.get_num_threads(), "max_seq_length": model.max_seq_length, "batch_size": bs}
 for p in ("short", "long"):
     out[p] = {"alone": alone(texts[p + "_alone"]), "batched": batched(texts[p + "_batched"])}
+# The project's own model.onnx through ONNX Runtime's Python API, on input tokenised before the
+# clock starts: what the graph does without our Rust path around it.
+try:
+    import numpy as np, onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = int(sys.argv[3]), 1
+    sess = ort.InferenceSession(sys.argv[4], so, providers=["CPUExecutionProvider"])
+    tok = model.tokenizer
+    def feed(ts):
+        e = tok(ts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
+        return {"input_ids": e["input_ids"].astype(np.int64), "attention_mask": e["attention_mask"].astype(np.int64)}
+    def ort_alone(ts):
+        feeds = [feed([t]) for t in ts]
+        for f in feeds[:3]:
+            sess.run(None, f)
+        ms = []
+        for f in feeds:
+            s = time.perf_counter()
+            sess.run(None, f)
+            ms.append((time.perf_counter() - s) * 1e3)
+        return {"runs": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+    def ort_batched(ts):
+        feeds = [feed(ts[i:i + bs]) for i in range(0, len(ts), bs)]
+        sess.run(None, feeds[0])
+        s = time.perf_counter()
+        for f in feeds:
+            sess.run(None, f)
+        return {"rows": len(ts), "rows_per_s": len(ts) / (time.perf_counter() - s)}
+    out["onnxruntime_python"] = {"version": ort.__version__, **{p: {"alone": ort_alone(texts[p + "_alone"]), "batched": ort_batched(texts[p + "_batched"])} for p in ("short", "long")}}
+except ImportError:
+    pass
 print(json.dumps(out))
 "#;
 
@@ -340,6 +371,7 @@ pub async fn sentence_transformers(
         .arg(&texts_path)
         .arg(&model_dir)
         .arg(threads.to_string())
+        .arg(&files.onnx)
         .env("HF_HUB_OFFLINE", "1")
         .env("TOKENIZERS_PARALLELISM", "true")
         .kill_on_drop(true)
