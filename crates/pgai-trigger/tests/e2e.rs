@@ -646,3 +646,54 @@ async fn a_role_with_only_select_and_update_is_enough() {
     assert_vector_matches_content(&db, "lp").await;
     daemon.stop().await;
 }
+
+/// A row no notification names (a retry whose backoff ends) is claimed within the poll
+/// interval even while notified inserts keep arriving faster than that interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_retries_are_claimed_while_inserts_keep_coming() {
+    let (url, db) = schema_db("retrydue").await;
+    let mut cfg = Config::new(&url);
+    cfg.poll_interval = Duration::from_millis(300);
+    let _daemon = Daemon::start(cfg, pgai_testkit::model().await)
+        .await
+        .expect("daemon start");
+    // Its notification comes before it is due: the fresh claim finds nothing to take.
+    db.execute(
+        "INSERT INTO m0_episodic (id, content, retry_count, next_attempt_at)
+         VALUES ('retry', 'a row waiting for its backoff', 1, clock_timestamp() + interval '1 s')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let stream = connect(&url).await;
+    let started = Instant::now();
+    let mut n = 0;
+    let embedded = loop {
+        // One notified insert every 30 ms: a wake-up ten times per poll interval.
+        stream
+            .execute(
+                "INSERT INTO m0_episodic (id, content) VALUES ($1, 'a steady stream')",
+                &[&format!("stream-{n}")],
+            )
+            .await
+            .unwrap();
+        n += 1;
+        let done = db
+            .query_opt(
+                "SELECT 1 FROM m0_episodic WHERE id = 'retry' AND embedding IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if done || started.elapsed() > DEADLINE {
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    assert!(
+        embedded,
+        "the due retry was not claimed in {DEADLINE:?} of steady inserts ({n} rows)"
+    );
+    assert_vector_matches_content(&db, "retry").await;
+}

@@ -1,7 +1,7 @@
 //! The worker: claim (stage 3) → embed (stage 4) → write back (stage 5), pipelined.
 //!
 //! The claim loop takes a batch, hands its texts to the model thread and goes on to claim the
-//! next one while the model works; the write loop writes each batch as its vectors come back.
+//! next one while the model works; a write loop writes each batch when its vectors come back.
 //! Claims only take free capacity: a semaphore allows [`BATCHES_IN_FLIGHT`] batches between
 //! claim and write, so a slow model or database slows the claims instead of piling up leased
 //! rows. Claim and write use separate connections so a write never waits behind a claim.
@@ -320,8 +320,10 @@ impl Worker {
         let lease = cfg.lease.as_secs_f64();
         let backlog = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let fresh_slots = Arc::new(Semaphore::new(FRESH_IN_FLIGHT));
-        // A backlog claim found nothing due: none until a wake-up or the poll interval.
-        let mut idle = false;
+        // Since when a backlog claim found nothing due: none until a wake-up without hints, or
+        // the poll interval after it (a deadline, so a steady stream of fresh rows cannot
+        // postpone forever the rows no notification names, such as retries whose backoff ends).
+        let mut idle_since: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             let pause = shared.breaker().pause_left(Instant::now());
             if let Some(pause) = pause {
@@ -333,7 +335,7 @@ impl Worker {
             }
             // Hints that waited too long are no longer fresh: their rows go with the backlog.
             if self.wake.hints.prune(FRESH_FOR, Instant::now()) > 0 {
-                idle = false;
+                idle_since = None;
             }
             let fresh_waiting = !self.wake.hints.is_empty();
             let poll = if cfg.immediate_trigger && self.wake.health() != ListenerHealth::Listening {
@@ -347,19 +349,21 @@ impl Worker {
                 p = fresh_slots.clone().acquire_owned(), if fresh_waiting => {
                     (p.expect("semaphore never closed"), true)
                 }
-                p = backlog.clone().acquire_owned(), if !idle => {
+                p = backlog.clone().acquire_owned(), if idle_since.is_none() => {
                     (p.expect("semaphore never closed"), false)
                 }
                 _ = self.wake.notify.notified() => {
                     // A wake-up without hints (a reconnect, a new queue) is for the backlog;
                     // hinted rows are the fresh claims' work.
                     if self.wake.hints.is_empty() {
-                        idle = false;
+                        idle_since = None;
                     }
                     continue;
                 }
-                _ = tokio::time::sleep(poll), if idle => {
-                    idle = false;
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                    idle_since.unwrap_or_else(Instant::now) + poll,
+                )), if idle_since.is_some() => {
+                    idle_since = None;
                     continue;
                 }
             };
@@ -370,7 +374,7 @@ impl Worker {
                 // More named than one fresh claim takes: a burst, which the backlog's claims
                 // carry (by age) while fresh claims keep taking the newest.
                 if !self.wake.hints.is_empty() {
-                    idle = false;
+                    idle_since = None;
                 }
                 within(
                     "claim",
@@ -389,7 +393,7 @@ impl Worker {
             }
             if claim.rows.is_empty() {
                 if !fresh {
-                    idle = true;
+                    idle_since = Some(Instant::now());
                 }
                 continue;
             }
