@@ -537,16 +537,7 @@ async fn store_factory_polling_mode_library_api() {
 
     // A failed row goes back to pending and is embedded again.
     let (db, _t) = pgai_trigger::connect(&url, "api test").await.unwrap();
-    // As the pipeline leaves it: still needing an embedding, out of attempts (one transaction,
-    // so no daemon claims it in between).
-    db.batch_execute(
-        "BEGIN;
-         UPDATE m0_episodic SET needs_embedding = TRUE WHERE id = 'c2';
-         UPDATE m0_episodic SET retry_status = 'failed', retry_count = 3, last_error = 'boom' WHERE id = 'c2';
-         COMMIT;",
-    )
-    .await
-    .unwrap();
+    mark_failed(&db, "c2").await;
     assert_eq!(
         store.get("c2").await.unwrap().unwrap().status,
         pgai_trigger::RowState::Failed
@@ -559,6 +550,19 @@ async fn store_factory_polling_mode_library_api() {
     assert!(!store.delete("c1").await.unwrap());
     assert!(store.get("c1").await.unwrap().is_none());
     store.close().await;
+}
+
+/// Leaves row `id` as the pipeline leaves a row out of attempts: still needing an embedding,
+/// `failed`, with an error (one transaction, so no daemon claims it in between).
+async fn mark_failed(db: &tokio_postgres::Client, id: &str) {
+    db.batch_execute(&format!(
+        "BEGIN;
+         UPDATE m0_episodic SET needs_embedding = TRUE WHERE id = '{id}';
+         UPDATE m0_episodic SET retry_status = 'failed', retry_count = 3, last_error = 'boom' WHERE id = '{id}';
+         COMMIT;"
+    ))
+    .await
+    .unwrap();
 }
 
 /// Backends of the stores' wait connections on the database of `url`.
@@ -1031,14 +1035,7 @@ async fn failed_rows_listed_and_requeued() {
     assert_eq!((st, &body), (200, &json!({"failed": []})));
 
     let (db, _t) = pgai_trigger::connect(&s.url, "api test").await.unwrap();
-    db.batch_execute(
-        "BEGIN;
-         UPDATE m0_episodic SET needs_embedding = TRUE WHERE id = 'f';
-         UPDATE m0_episodic SET retry_status = 'failed', retry_count = 3, last_error = 'boom' WHERE id = 'f';
-         COMMIT;",
-    )
-    .await
-    .unwrap();
+    mark_failed(&db, "f").await;
     let (st, body, _) = call("GET", format!("{b}/v1/failed?limit=10"), tok, None).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(

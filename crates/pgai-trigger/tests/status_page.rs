@@ -144,6 +144,19 @@ async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
 
+/// Types `token` into the login form, submits it, and waits until `script` is truthy.
+async fn log_in(c: &Client, token: &str, what: &str, script: &str) {
+    let input = c.find(Locator::Id("token")).await.unwrap();
+    input.send_keys(token).await.unwrap();
+    c.find(Locator::Id("login-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(c, what, script).await;
+}
+
 /// Waits until `script` returns something truthy (not null/false/""/0) and returns it.
 async fn until(c: &Client, what: &str, script: &str) -> Value {
     wait_for(what, DEADLINE, || async {
@@ -381,16 +394,9 @@ async fn status_page_in_chromium() {
     )
     .await;
     assert_eq!(hidden, json!([true, false, 0, 0]));
-    let token = c.find(Locator::Id("token")).await.unwrap();
-    token.send_keys("wrong").await.unwrap();
-    c.find(Locator::Id("login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
+    log_in(
         &c,
+        "wrong",
         "the wrong token refused",
         "return document.getElementById('login-error').textContent.indexOf('refused') >= 0",
     )
@@ -399,15 +405,9 @@ async fn status_page_in_chromium() {
         js(&c, "return document.getElementById('app').hidden").await,
         true
     );
-    token.send_keys("s3cret-token").await.unwrap();
-    c.find(Locator::Id("login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
+    log_in(
         &c,
+        "s3cret-token",
         "the data after login",
         "return document.body.getAttribute('data-state') === 'app' && document.body.getAttribute('data-polls') && document.querySelectorAll('#vectorizers tr[data-name]').length > 0",
     )

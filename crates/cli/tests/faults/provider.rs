@@ -27,14 +27,6 @@ async fn attempts(db: &Client) -> Attempts {
     .collect()
 }
 
-fn quick_retries(url: &str, max_retries: i32, interval_ms: u64) -> Config {
-    let mut cfg = Config::new(url);
-    cfg.max_retries = max_retries;
-    cfg.retry_interval = Duration::from_millis(interval_ms);
-    cfg.poll_interval = Duration::from_millis(100);
-    cfg
-}
-
 /// Runs `pgai-trigger retry-failed` if the binary has it; otherwise does what the original
 /// design's operators did by hand. Returns which one ran.
 async fn retry_failed(url: &str, db: &Client) -> &'static str {
@@ -308,25 +300,8 @@ async fn provider_down_backs_off_as_a_whole() {
     )
     .await
     .unwrap();
-    // An observation window, not a synchronisation: how much does 4 s of outage cost?
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let burned = count(
-        &db,
-        "SELECT coalesce(sum(retry_count), 0)::int8 FROM m0_episodic",
-    )
-    .await;
-    let failed_during: Vec<String> = db
-        .query(
-            "SELECT id FROM m0_episodic WHERE retry_status = 'failed' ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let calls = hooks.calls.load(SeqCst);
-    hooks.always_fail.store(false, SeqCst);
+    // How much does 4 s of outage cost?
+    let outage = observe_outage(&db, "m0_episodic", &hooks, Duration::from_secs(4)).await;
     let back = Instant::now();
     wait_drained(&db, DEADLINE).await;
     let recovered = back.elapsed();
@@ -336,20 +311,8 @@ async fn provider_down_backs_off_as_a_whole() {
         "8e provider down 4 s for every row",
         &st,
         Some(recovered),
-        &format!(
-            "during the outage: {calls} model calls, {burned} attempts counted, {} rows failed",
-            failed_during.len()
-        ),
+        &outage.note(),
     );
-    let ids: Vec<&str> = failed_during.iter().map(String::as_str).collect();
-    st.assert_clean(&ids);
-    assert!(
-        failed_during.len() <= 1,
-        "an outage failed {} of 30 rows for good",
-        failed_during.len()
-    );
-    assert!(
-        burned <= 6,
-        "an outage of 4 s burned {burned} attempts (per-row backoff alone: 90)"
-    );
+    st.assert_clean(&outage.failed_ids());
+    outage.assert_cheap(30, 3);
 }

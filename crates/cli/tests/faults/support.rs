@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use pgai_embed::{EmbedError, Embedder};
 use pgai_testkit::{cosine, fresh_database, wait_for};
-use pgai_trigger::EmbedService;
 use pgai_trigger::{schema, Table};
+use pgai_trigger::{Config, EmbedService};
 use pgvector::Vector;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -267,6 +267,85 @@ pub async fn count(db: &Client, sql: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
+}
+
+/// A daemon's configuration with `max_retries` attempts `interval_ms` apart (doubling) and a
+/// 100 ms poll: retries and backoff play out within a test.
+pub fn quick_retries(url: &str, max_retries: i32, interval_ms: u64) -> Config {
+    let mut cfg = Config::new(url);
+    cfg.max_retries = max_retries;
+    cfg.retry_interval = Duration::from_millis(interval_ms);
+    cfg.poll_interval = Duration::from_millis(100);
+    cfg
+}
+
+/// What a provider outage cost `queue`: attempts counted, rows failed for good, model calls.
+pub struct Outage {
+    pub window: Duration,
+    pub burned: i64,
+    pub failed: Vec<String>,
+    pub calls: usize,
+}
+
+/// Lets every model call fail (`hooks.always_fail`, already set) for `window`, an observation
+/// window and not a synchronisation, then brings the provider back and says what it cost.
+pub async fn observe_outage(db: &Client, queue: &str, hooks: &Hooks, window: Duration) -> Outage {
+    tokio::time::sleep(window).await;
+    let burned = count(
+        db,
+        &format!("SELECT coalesce(sum(retry_count), 0)::int8 FROM {queue}"),
+    )
+    .await;
+    let failed = db
+        .query(
+            &format!("SELECT id FROM {queue} WHERE retry_status = 'failed' ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let calls = hooks.calls.load(SeqCst);
+    hooks.always_fail.store(false, SeqCst);
+    Outage {
+        window,
+        burned,
+        failed,
+        calls,
+    }
+}
+
+impl Outage {
+    pub fn note(&self) -> String {
+        format!(
+            "during the outage: {} model calls, {} attempts counted, {} rows failed",
+            self.calls,
+            self.burned,
+            self.failed.len()
+        )
+    }
+
+    pub fn failed_ids(&self) -> Vec<&str> {
+        self.failed.iter().map(String::as_str).collect()
+    }
+
+    /// The breaker paused the pipeline: at most one of `rows` failed for good, and at most 6
+    /// attempts were counted where per-row backoff alone would spend `max_retries` on each.
+    pub fn assert_cheap(&self, rows: usize, max_retries: usize) {
+        assert!(
+            self.failed.len() <= 1,
+            "an outage failed {} of {rows} rows for good",
+            self.failed.len()
+        );
+        assert!(
+            self.burned <= 6,
+            "an outage of {:?} burned {} attempts (per-row backoff alone: {})",
+            self.window,
+            self.burned,
+            rows * max_retries
+        );
+    }
 }
 
 /// Rows still to be embedded (failed rows are not pending: they wait for `retry-failed`).

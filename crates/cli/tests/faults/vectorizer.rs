@@ -624,14 +624,6 @@ async fn vz3_catch_up_after_downtime() {
     drop(second);
 }
 
-fn quick_retries(url: &str, max_retries: i32, interval_ms: u64) -> Config {
-    let mut cfg = Config::new(url);
-    cfg.max_retries = max_retries;
-    cfg.retry_interval = Duration::from_millis(interval_ms);
-    cfg.poll_interval = Duration::from_millis(100);
-    cfg
-}
-
 /// V4: some chunks the provider always refuses: a transient error (`FAILME`: retried with
 /// backoff, `failed` after max_retries), a permanent one (HTTP 422, `REJECTME`: `failed` at
 /// once) and NaN vectors (`NANME`). Each marker sits in one chunk of a long row; the row ends
@@ -736,25 +728,8 @@ async fn vz5_provider_down_keeps_attempts() {
         .await
         .expect("daemon start");
     insert_docs(&db, 20, "outage").await;
-    // An observation window, not a synchronisation: how much does 4 s of outage cost?
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let burned = count(
-        &db,
-        &format!("SELECT coalesce(sum(retry_count), 0)::int8 FROM {QUEUE}"),
-    )
-    .await;
-    let failed_during: Vec<String> = db
-        .query(
-            &format!("SELECT id FROM {QUEUE} WHERE retry_status = 'failed' ORDER BY id"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let calls = hooks.calls.load(SeqCst);
-    hooks.always_fail.store(false, SeqCst);
+    // How much does 4 s of outage cost?
+    let outage = observe_outage(&db, QUEUE, &hooks, Duration::from_secs(4)).await;
     let back = Instant::now();
     vz_drained(&db, DEADLINE).await;
     let recovered = back.elapsed();
@@ -763,22 +738,10 @@ async fn vz5_provider_down_keeps_attempts() {
     end.report(
         "V5 vectorizer: provider down 4 s",
         Some(recovered),
-        &format!(
-            "during the outage: {calls} model calls, {burned} attempts counted, {} rows failed",
-            failed_during.len()
-        ),
+        &outage.note(),
     );
-    let ids: Vec<&str> = failed_during.iter().map(String::as_str).collect();
-    end.assert_clean(&ids);
-    assert!(
-        failed_during.len() <= 1,
-        "an outage failed {} of 20 rows for good",
-        failed_during.len()
-    );
-    assert!(
-        burned <= 6,
-        "an outage of 4 s burned {burned} attempts (per-row backoff alone: 60)"
-    );
+    end.assert_clean(&outage.failed_ids());
+    outage.assert_cheap(20, 3);
 }
 
 /// The daemon role's grants: the original table's (README, least privilege) and a vectorizer's.
